@@ -1,0 +1,3 @@
+from affseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Soft supervised contrastive loss: SupCon with continuous label affinity (SPEC §4)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from affseg import _backend, _validate, reference
+
+
+def _check(features, labels, tau, reduction, ignore_index):
+    _validate.floating(features, "features", ndims=(2, 3))
+    _validate.tensor(labels, "labels")
+    lead = features.dim() - 1
+    soft = labels.is_floating_point()
+    want = lead + 1 if soft else lead
+    if labels.dim() != want or tuple(labels.shape[:lead]) != tuple(features.shape[:lead]):
+        kind = "float soft labels (..., N, K)" if soft else "int labels (..., N)"
+        raise ValueError(
+            f"labels must be {kind} matching features {tuple(features.shape)} in its leading dims, "
+            f"got shape {tuple(labels.shape)}"
+        )
+    if not soft:
+        _validate.integer(labels, "labels")
+    if soft and ignore_index is not None:
+        raise ValueError("ignore_index applies to integer labels only; got ignore_index with float soft labels")
+    if ignore_index is not None:
+        _validate.int_value(ignore_index, "ignore_index")
+    if not soft and labels.numel():
+        negative = (labels < 0) if ignore_index is None else (labels < 0) & (labels != ignore_index)
+        if bool(negative.any()):
+            raise ValueError(f"labels must be >= 0 or ignore_index, got a label {int(labels[negative][0])}")
+    _validate.same_device(features=features, labels=labels)
+    _validate.positive(tau, "tau")
+    _validate.reduction(reduction)
+
+
+def _positive_term(f: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor):
+    """Σ_{j≠i} w_ij f_i·f_j and Σ_{j≠i} w_ij in O(N·K·C): the positive term is bilinear in φ."""
+    self_dot = (f * f).sum(-1)
+    if labels.is_floating_point():
+        phi = labels.to(f.dtype) * valid[..., None]
+        class_feats = phi.transpose(1, 2) @ f  # (B, K, C): Σ_j φ_jk f_j
+        class_mass = phi.sum(1, keepdim=True)  # (B, 1, K)
+        self_w = (phi * phi).sum(-1)
+        pos = (phi @ class_feats * f).sum(-1) - self_w * self_dot
+        weight = (phi * class_mass).sum(-1) - self_w
+        return pos, weight
+    # One-hot labels: per-class sums gathered back per row, without a (B, N, K) one-hot tensor.
+    B, N, C = f.shape
+    cls = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    K = int(cls.max()) + 1 if cls.numel() else 1
+    vf = valid.to(f.dtype)
+    class_feats = torch.zeros(B, K, C, dtype=f.dtype, device=f.device).scatter_add_(
+        1, cls[..., None].expand(B, N, C), f * vf[..., None]
+    )
+    class_count = torch.zeros(B, K, dtype=f.dtype, device=f.device).scatter_add_(1, cls, vf)
+    pos = (torch.gather(class_feats, 1, cls[..., None].expand(B, N, C)) * f).sum(-1) - self_dot
+    weight = torch.gather(class_count, 1, cls) - 1.0
+    return pos * vf, weight * vf
+
+
+def soft_supcon_loss(features, labels, *, tau=0.1, reduction="mean", ignore_index=None, backend="auto"):
+    """Supervised contrastive loss with continuous label affinity w_ij = φ_i·φ_j (SPEC §4).
+
+    For rows with Σ_{j≠i} w_ij > 0:
+    ``ℓ_i = −Σ_{j≠i} w_ij (s_ij − LSE_{k≠i} s_ik) / Σ_{j≠i} w_ij`` with s = cos/τ. With integer
+    labels this is SupCon (Khosla et al. 2020, "out" form), a drop-in for
+    ``pytorch_metric_learning.losses.SupConLoss``. The fused path sweeps N² only for the
+    log-sum-exp; the positive term costs O(N·K·C).
+
+    Args:
+        features: embeddings; a leading batch dim keeps pairs within each item.
+        labels: int class labels (one-hot affinity) or float soft label vectors.
+        tau: temperature τ > 0.
+        reduction: ``"mean"`` over counted rows, ``"sum"``, or ``"none"`` (0 at rows not counted).
+        ignore_index: integer label whose rows drop out as rows and columns.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
+
+    Returns:
+        A scalar loss, or per-row losses of shape ``features.shape[:-1]``.
+
+    Shape:
+        features ``(N, C)`` or ``(B, N, C)``; labels ``(N,)``/``(B, N)`` or ``(N, K)``/``(B, N, K)``.
+
+    Raises:
+        TypeError/ValueError: bad dtypes or shapes, mismatched devices, tau ≤ 0, ignore_index
+            with soft labels, unknown reduction.
+
+    Example:
+        >>> emb = torch.randn(128, 64, requires_grad=True)
+        >>> affseg.soft_supcon_loss(emb, torch.randint(0, 4, (128,))).backward()
+    """
+    _check(features, labels, tau, reduction, ignore_index)
+    backend = _backend.resolve("soft_supcon_loss", backend, features.device)
+    if backend == "reference":
+        return reference.soft_supcon_loss(features, labels, tau=tau, reduction=reduction, ignore_index=ignore_index)
+    from affseg._ops import supcon as ops
+
+    batched = features.dim() == 3
+    f, lab = (features, labels) if batched else (features[None], labels[None])
+    cdt = torch.float64 if f.dtype == torch.float64 else torch.float32
+    fn = F.normalize(f.to(cdt), dim=-1, eps=1e-8).contiguous()
+    if labels.is_floating_point() or ignore_index is None:
+        valid = torch.ones(fn.shape[:2], dtype=torch.bool, device=fn.device)
+    else:
+        valid = lab != ignore_index
+    lse = ops.cos_lse(fn, valid.contiguous(), inv_tau=1.0 / tau, backend=backend)
+    pos, weight = _positive_term(fn, lab, valid)
+    counted = valid & (weight > 0)
+    safe_w = torch.where(counted, weight, torch.ones_like(weight))
+    row = torch.where(counted, lse - pos / (tau * safe_w), torch.zeros_like(lse))
+    if reduction == "none":
+        out = row
+    elif reduction == "sum":
+        out = row.sum()
+    else:
+        out = row.sum() / counted.sum().clamp_min(1).to(cdt)
+    out = out.to(features.dtype)
+    return out if batched or reduction != "none" else out[0]

@@ -1,0 +1,73 @@
+"""`affseg info`: versions, and which backend can run which op (and if not, why)."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import torch
+
+from affseg import _backend, _extension
+
+OPS = tuple(_backend._C_OPS)
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError as exc:
+        return f"not installed ({exc})"
+
+
+def _device_for(backend: str) -> torch.device:
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cuda", 0)
+    if backend == "triton" and not _backend.triton_interpreting():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def backend_table() -> dict[str, dict[str, str]]:
+    """{backend: {op: "yes" or the reason it cannot run}} on this machine."""
+    table = {}
+    for backend in ("reference", "cpu", "cuda", "triton"):
+        device = _device_for(backend)
+        row = {}
+        for op in OPS:
+            if backend in ("cuda", "triton") and device.type == "cuda" and not torch.cuda.is_available():
+                ok, why = False, "no CUDA device visible to torch" + (
+                    "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU build)"
+                )
+                if backend == "triton":
+                    why += "; set TRITON_INTERPRET=1 to run the Triton kernels on CPU tensors (slow, for tests)"
+            else:
+                ok, why = _backend.available(op, backend, device)
+            row[op] = "yes" if ok else why
+        table[backend] = row
+    return table
+
+
+def report() -> str:
+    import affseg
+
+    lines = [
+        f"affseg {affseg.__version__} ({os.path.dirname(affseg.__file__)})",
+        f"python {sys.version.split()[0]} on {platform.platform()}, {os.cpu_count()} CPUs",
+        f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'}; CUDA devices: {torch.cuda.device_count()}; "
+        f"threads: {torch.get_num_threads()})",
+        f"triton {_triton_version()} (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')})",
+        "affseg._C: " + (
+            f"loaded (OpenMP: {'yes' if _extension.compiled_with_openmp() else 'no'}, "
+            f"CUDA kernels: {'yes' if _extension.compiled_with_cuda() else 'no'})"
+            if _extension.HAS_C else _extension.C_ERROR
+        ),
+        f"AFFSEG_BACKEND={os.environ.get('AFFSEG_BACKEND', '') or '(unset: auto)'}",
+        "",
+        "backend    op                       status",
+    ]
+    for backend, row in backend_table().items():
+        for op, status in row.items():
+            lines.append(f"{backend:<10} {op:<24} {status}")
+    return "\n".join(lines)

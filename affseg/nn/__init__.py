@@ -1,0 +1,6 @@
+"""Module twins of affseg's functional API (same keyword names; options fixed at construction)."""
+from affseg.nn.agcl import AffinityGraphLoss, MixedNegativeInfoNCE, SemiAGCLLoss
+from affseg.nn.losses import PDCRLoss, SoftSupConLoss
+from affseg.nn.uafs import UAFS
+
+__all__ = ["AffinityGraphLoss", "MixedNegativeInfoNCE", "PDCRLoss", "SemiAGCLLoss", "SoftSupConLoss", "UAFS"]
