@@ -41,7 +41,8 @@ def _extension():
     use_cuda = torch.version.cuda is not None or os.environ.get("AFFSEG_FORCE_CUDA") == "1"
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags = opt + ["-std=c++17", "-fopenmp"]
+    # torch.utils.cpp_extension adds the C++ standard torch needs (C++20); do not override it.
+    cxx_flags = opt + ["-fopenmp"]
     kwargs = dict(
         name="affseg._C",
         sources=sources,
@@ -51,7 +52,7 @@ def _extension():
     if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         kwargs["define_macros"] = [("AFFSEG_WITH_CUDA", None)]
-        kwargs["extra_compile_args"] = {"cxx": cxx_flags, "nvcc": opt + ["-std=c++17"]}
+        kwargs["extra_compile_args"] = {"cxx": cxx_flags, "nvcc": opt}
         return CUDAExtension(**kwargs)
     kwargs["extra_compile_args"] = {"cxx": cxx_flags}
     return CppExtension(**kwargs)

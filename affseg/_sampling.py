@@ -112,3 +112,15 @@ def draw_mix_pairs(batch, n_hard, n_mix, generator=None, device=None):
     j = torch.randint(0, n_hard - 1, (batch, n_mix), generator=generator, device=draw_device)
     j = j + (j >= i).long()
     return torch.stack([i, j], dim=-1).to(device)
+
+
+def gather_locations(features, locations):
+    """Features of a (B, C, *s) map at flat raster locations (B, N) → (B, N, C).
+
+    ``locations=None`` means every location in raster order and returns a view (no copy).
+    """
+    flat = features.flatten(2)
+    if locations is None:
+        return flat.transpose(1, 2)
+    index = locations.unsqueeze(1).expand(-1, flat.shape[1], -1)
+    return flat.gather(2, index).transpose(1, 2)

@@ -1,4 +1,4 @@
-"""The `affseg` command line: `affseg info`, `affseg example`."""
+"""The `affseg` command line: `affseg info`, `affseg example`, `affseg bench`."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,12 @@ def _example(args) -> int:
 
     run(size=args.size, channels=args.channels, steps=args.steps, seed=args.seed)
     return 0
+
+
+def _bench(args) -> int:
+    from affseg.bench import main
+
+    return main(device=args.device, quick=args.quick, repeats=args.repeats, csv_path=args.csv)
 
 
 def _info(args) -> int:
@@ -28,6 +34,12 @@ def main(argv=None) -> int:
     ex.add_argument("--steps", type=int, default=20, help="optimisation steps")
     ex.add_argument("--seed", type=int, default=0)
     ex.set_defaults(func=_example)
+    bench = sub.add_parser("bench", help="fused kernels vs the reference, side by side: time and peak memory")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes (about a minute on 2 cores)")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

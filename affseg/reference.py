@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from affseg._sampling import draw_mix_pairs, sample_locations
+from affseg._sampling import draw_mix_pairs, gather_locations, sample_locations
 from affseg._types import PatchStats
 
 __all__ = [
@@ -263,20 +263,13 @@ def pdcr_loss_from_ratios(feats, phi, *, feats_b=None, phi_b=None, valid=None, v
     return loss.to(feats.dtype)
 
 
-def _gather_locations(features, locations):
-    """(B, C, *s) features at flat locations (B, N) → (B, N, C)."""
-    flat = features.flatten(2)
-    index = locations.unsqueeze(1).expand(-1, flat.shape[1], -1)
-    return flat.gather(2, index).transpose(1, 2)
-
-
 def _sampled_ratios(features, labels, locations, window_sizes, num_classes, ignore_index):
     """Features, φ and row validity at the sampled locations of one feature map."""
     centers = grid_centers(features.shape[2:], labels.shape[1:]).to(labels.device)
     phi, valid_w = patch_label_ratios(labels, centers[locations], window_sizes, num_classes,
                                       ignore_index)
     # Windows are nested, so "valid in every window" is the smallest window's validity.
-    return _gather_locations(features, locations), phi, valid_w.all(dim=1)
+    return gather_locations(features, locations), phi, valid_w.all(dim=1)
 
 
 def pdcr_loss(features, labels, *, num_classes, window_sizes=(5, 7, 9), num_samples=None,

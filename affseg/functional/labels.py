@@ -91,7 +91,7 @@ def patch_label_ratios(labels, centers, window_sizes, num_classes, ignore_index=
         return reference.patch_label_ratios(labels.long(), centers, window_sizes, num_classes, ignore_index)
     from affseg._ops import labels as ops
 
-    return ops.patch_label_ratios(labels.long(), centers.long(), window_sizes, num_classes, ignore_index, backend)
+    return ops.patch_label_ratios(labels.long().contiguous(), centers.long().contiguous(), window_sizes, num_classes, ignore_index, backend)
 
 
 def patch_affinity(phi_a, phi_b=None, *, divergence="tv"):

@@ -141,24 +141,19 @@ def pdcr_loss_from_ratios(
     return (row.sum() / counted.sum().clamp_min(1).to(cdt)).to(feats.dtype)
 
 
-def _gather_locations(features: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
-    """(B, C, *s) features at flat locations (B, N) -> (B, N, C)."""
-    flat = features.flatten(2)
-    if locations.shape[1] == flat.shape[2]:  # dense: every location, in raster order
-        return flat.transpose(1, 2)
-    index = locations[:, None, :].expand(flat.shape[0], flat.shape[1], locations.shape[1])
-    return torch.gather(flat, 2, index).transpose(1, 2)
-
-
 def _rows_of(features, labels, window_sizes, num_classes, num_samples, sampling, ignore_index, generator, backend):
     """Sample a feature map, find each sample's input-space centre and label ratios."""
     spatial = tuple(features.shape[2:])
     B = features.shape[0]
-    locations = _sampling.sample_locations(spatial, num_samples, sampling, B, generator=generator, device=features.device)
-    centers = grid_centers(spatial, tuple(labels.shape[1:])).to(features.device)[locations]
+    centers = grid_centers(spatial, tuple(labels.shape[1:])).to(features.device)
+    if num_samples is None:  # dense: every location, no gather
+        locations, centers = None, centers.expand(B, -1, -1)
+    else:
+        locations = _sampling.sample_locations(spatial, num_samples, sampling, B, generator=generator, device=features.device)
+        centers = centers[locations]
     phi, valid_w = patch_label_ratios(labels, centers, window_sizes, num_classes, ignore_index, backend=backend)
     # Windows are nested, so all() is the smallest window's validity.
-    return _gather_locations(features, locations), phi, valid_w.all(dim=1)
+    return _sampling.gather_locations(features, locations), phi, valid_w.all(dim=1)
 
 
 def _check_map(features, name, labels, num_samples):
