@@ -73,11 +73,22 @@ def available(op: str, backend: str, device: torch.device) -> tuple[bool, str]:
 
 
 def resolve(op: str, backend: str | None, device: torch.device) -> str:
-    """The concrete backend that runs `op` on `device`."""
+    """The concrete backend that runs `op` on `device`.
+
+    Under torch.compile the answer is computed once at trace time and baked into the graph as a
+    constant (it only depends on the build, the environment and the device), so
+    `torch.compile(fullgraph=True)` can trace through the public API.
+    """
     if backend is None:
         backend = "auto"
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _resolve(op, backend, device.type, -1 if device.index is None else device.index)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(op: str, backend: str, device_type: str, device_index: int) -> str:
+    device = torch.device(device_type) if device_index < 0 else torch.device(device_type, device_index)
     if backend == "auto":
         env = os.environ.get("AFFSEG_BACKEND", "").strip()
         if env:

@@ -124,8 +124,12 @@ def reduction(value) -> str:
 
 
 def labels_in_range(labels: torch.Tensor, num_classes: int, ignore_index: int | None, name: str = "labels") -> None:
-    """Labels must lie in [0, num_classes) or equal ignore_index (one reduction, one host sync on CUDA)."""
-    if labels.numel() == 0:
+    """Labels must lie in [0, num_classes) or equal ignore_index (one reduction, one host sync on CUDA).
+
+    Skipped while torch.compile traces: a value-dependent check would break the graph. Eager calls
+    (and the first eager run of a compiled model's inputs, which users should do) still check.
+    """
+    if labels.numel() == 0 or torch.compiler.is_compiling():
         return
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:

@@ -241,3 +241,16 @@ def test_cli_info_runs_from_outside_the_repo(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "affseg._C: loaded" in proc.stdout
     assert "reference" in proc.stdout
+
+
+def test_public_api_traces_with_fullgraph_compile():
+    """Backend resolution is a trace-time constant and value checks are eager-only, so models that
+    use affseg losses compile without graph breaks."""
+    feats = torch.randn(2, 8, 6, 6, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 12, 12))
+
+    def loss_fn(x, y):
+        return affseg.pdcr_loss(x, y, num_classes=3, window_sizes=(3, 5))
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    torch.testing.assert_close(compiled(feats, labels), loss_fn(feats, labels))

@@ -25,7 +25,7 @@ def _check(features, labels, tau, reduction, ignore_index):
         raise ValueError("ignore_index applies to integer labels only; got ignore_index with float soft labels")
     if ignore_index is not None:
         _validate.int_value(ignore_index, "ignore_index")
-    if not soft and labels.numel():
+    if not soft and labels.numel() and not torch.compiler.is_compiling():
         negative = (labels < 0) if ignore_index is None else (labels < 0) & (labels != ignore_index)
         if bool(negative.any()):
             raise ValueError(f"labels must be >= 0 or ignore_index, got a label {int(labels[negative][0])}")

@@ -1,0 +1,81 @@
+"""Run every benchmark and write benchmarks/RESULTS.md.
+
+Each script runs in its own process (so that one case's peak memory does not hide another's):
+`affseg bench` (the user-facing side-by-side table) and every benchmarks/bench_*.py `main()`, which
+write benchmarks/results/<name>.md and .csv. RESULTS.md is the machine description followed by
+those tables, in that order.
+
+    .venv/bin/python benchmarks/run_all.py            # all benchmarks (~15-30 min on 2 cores)
+    .venv/bin/python benchmarks/run_all.py --only pdcr
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import platform
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _machine() -> str:
+    import os
+
+    import torch
+
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"- date: {datetime.date.today().isoformat()}, commit {sha or 'unknown'}\n"
+        f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; GPU: {gpu}\n"
+        f"- python {platform.python_version()}, torch {torch.__version__}, triton {triton_version}\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default=None, help="run only benchmarks/bench_<ONLY>.py")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    scripts = sorted(HERE.glob("bench_*.py"))
+    if args.only:
+        scripts = [s for s in scripts if s.stem == f"bench_{args.only}"]
+    else:
+        with open(RESULTS / "affseg_bench.md", "w") as out:
+            proc = subprocess.run([sys.executable, "-m", "affseg", "bench", "--csv", str(RESULTS / "affseg_bench.csv")],
+                                  capture_output=True, text=True, check=True)
+            out.write("## `affseg bench` (reference vs the backend `auto` picks)\n\n```\n" + proc.stdout + "```\n")
+            print(proc.stdout)
+    for script in scripts:
+        print(f"== {script.name}", flush=True)
+        subprocess.run([sys.executable, str(script)], check=True)
+    sections = sorted(RESULTS.glob("*.md"), key=lambda p: (p.stem != "affseg_bench", p.stem))
+    body = "\n".join(p.read_text().rstrip() + "\n" for p in sections)
+    (HERE / "RESULTS.md").write_text(
+        "# Benchmark results\n\nWritten by `benchmarks/run_all.py`; every table was measured in one run, side by side, "
+        "on this machine:\n\n" + _machine() + "\nNo GPU figure appears unless it was measured on a GPU.\n\n" + body
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
