@@ -1,0 +1,342 @@
+"""Fused PDCR contrastive term (SPEC §3): forward and backward Triton kernels.
+
+Math. Rows i come from unit vectors fa (B, N, C) with label ratios phia (B, W, N, K) and mask
+valid_a (B, N); columns j from fb (B, M, C), phib (B, W, M, K), valid_b (B, M). Over the valid
+columns of a valid row (j != i when EXCLUDE_SELF), n_i of them:
+
+    ŝ_ij = (fa_i · fb_j − 1) · inv_tau
+    d^w_ij = ½ Σ_k |phia[w,i,k] − phib[w,j,k]|   (tv)   or   Σ_{k≥1} |…|   (fg_l1),  a = 1 − d
+    (w⁺, w⁻) = (a, d)  ("paper")   or   (d, a)  (SWAPPED)
+    lse_iw = LSE_j ŝ_ij w⁻_ij,   pos_iw = Σ_j ŝ_ij w⁺_ij
+    row_i  = (1/W) Σ_w (lse_iw − pos_iw / n_i)          (0 at invalid rows and where n_i = 0)
+
+Backward, with g_i the incoming row gradient:
+
+    G_ij = g_i · inv_tau / W · Σ_w (exp(ŝ_ij w⁻_ij − lse_iw) · w⁻_ij − w⁺_ij / n_i)
+    grad_fa_i = Σ_j G_ij fb_j,   grad_fb_j = Σ_i G_ij fa_i
+
+Schedule (flash-attention style). Forward: one program per (row tile, batch) sweeps the column
+tiles; one tl.dot gives the ŝ tile, which serves every window: per window the divergence tile is
+built from W·K column loads of φ, and a running max / running sum / positive sum per (row, window)
+lives in registers as [BLOCK_N, W_PAD] tensors. Backward recomputes the tiles from the saved
+row_lse: `_pdcr_bwd_rows_kernel` (row tiles, sweeps columns) writes grad_fa with tl.dot(G, fb);
+`_pdcr_bwd_cols_kernel` (column tiles, sweeps rows) builds Gᵀ and writes grad_fb with
+tl.dot(Gᵀ, fa). No atomics: both gradients are deterministic. Nothing of size N×M is stored.
+
+Memory traffic per call (element counts; T_n = ⌈N/BLOCK_N⌉, T_m = ⌈M/BLOCK_M⌉):
+forward reads B·(N + T_n·M)·(C + W·K) and writes B·N·(1 + W); backward reads
+B·(N + T_n·M + M + T_m·N)·(C + W·K) + 2·B·N·(1 + W) and writes B·(N + M)·C.
+FLOPs: forward 2·B·N·M·C (dot) + B·N·M·W·(3K + 8); backward 8·B·N·M·C (each of its two kernels
+recomputes ŝ and does one G·f product) + 2·B·N·M·W·(3K + 10).
+
+Limits: fa/fb/phia/phib contiguous and of one dtype: float32 (accumulates in float32) or
+float64 (accumulates in float64). The whole feature row stays in registers: C ≤ 512
+(BLOCK_C = next_pow2(C), at least 16). W and K are unrolled at compile time: W ≤ 16, K ≤ 32 (one
+compilation per (W, K, options)). Offsets within one image are int32: N·C, M·C < 2^31.
+INPUT_PRECISION is "ieee" unless asked otherwise ("tf32" is faster on a GPU, with ~1e-3 relative
+error in ŝ); float64 always uses "ieee". float64 on a GPU: the
+forward dot is a tl.dot, but the backward products G·f are broadcast-and-sum (BROADCAST_SUM),
+because Triton 3.7 fails to lower those fp64 tl.dots (assertion "fp64 don't support largeK
+MMA", found by compiling for sm_80/sm_90); float64 is for parity checks, not speed.
+GPU tile sizes were chosen by compiling for sm_80/sm_90 with `ptxas -v` (see _launch_config);
+no GPU run has been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_C = 512
+MAX_W = 16
+MAX_K = 32
+
+
+@triton.jit
+def _divergence(pa_ptr, pb_ptr, offs_a, offs_b, mask_a, mask_b,
+                K: tl.constexpr, FG_L1: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """d[a, b] between rows offs_a of pa and rows offs_b of pb (both (·, K), row stride K)."""
+    d = tl.zeros([BLOCK_A, BLOCK_B], dtype=pa_ptr.dtype.element_ty)
+    for k in tl.static_range(K):
+        if (not FG_L1) or k > 0:  # fg_l1 skips the background class 0
+            xa = tl.load(pa_ptr + offs_a * K + k, mask=mask_a, other=0.0)
+            xb = tl.load(pb_ptr + offs_b * K + k, mask=mask_b, other=0.0)
+            d += tl.abs(xa[:, None] - xb[None, :])
+    if not FG_L1:
+        d = d * 0.5
+    return d
+
+
+@triton.jit
+def _load_features(ptr, offs, mask, C, BLOCK_C: tl.constexpr):
+    """A [len(offs), BLOCK_C] tile of a (·, C) feature matrix, zero past C and at masked rows."""
+    offs_c = tl.arange(0, BLOCK_C)
+    return tl.load(ptr + offs[:, None] * C + offs_c[None, :], mask=mask[:, None] & (offs_c[None, :] < C), other=0.0)
+
+
+@triton.jit
+def _scaled_similarity(x, y, inv_tau, INPUT_PRECISION: tl.constexpr):
+    """ŝ = (x · yᵀ − 1) · inv_tau for unit-vector tiles x [A, C], y [B, C]."""
+    return (tl.dot(x, tl.trans(y), input_precision=INPUT_PRECISION) - 1.0) * inv_tau
+
+
+@triton.jit
+def _tile_matmul(g, f, INPUT_PRECISION: tl.constexpr, BROADCAST_SUM: tl.constexpr):
+    """g [A, B] @ f [B, C]. BROADCAST_SUM for float64: Triton 3.7 cannot lower these fp64 dots when
+    g is masked by loaded validity ("fp64 don't support largeK MMA")."""
+    if BROADCAST_SUM:
+        return tl.sum(g[:, :, None] * f[None, :, :], axis=1)
+    else:
+        return tl.dot(g, f, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def _pdcr_fwd_kernel(
+    fa_ptr, pa_ptr, fb_ptr, pb_ptr, va_ptr, vb_ptr, n_ptr, loss_ptr, lse_ptr,
+    N, M, C, inv_tau_ptr,
+    W: tl.constexpr, K: tl.constexpr, W_PAD: tl.constexpr,
+    SWAPPED: tl.constexpr, FG_L1: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    inv_tau = tl.load(inv_tau_ptr)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_in = rows < N
+    dtype = fa_ptr.dtype.element_ty
+    fa_b = fa_ptr + b * N * C
+    fb_b = fb_ptr + b * M * C
+    row_ok = row_in & (tl.load(va_ptr + b * N + rows, mask=row_in, other=0) != 0)
+
+    fa = _load_features(fa_b, rows, row_in, C, BLOCK_C)
+    wid = tl.arange(0, W_PAD)[None, :]
+    run_max = tl.full([BLOCK_N, W_PAD], float("-inf"), dtype)
+    run_sum = tl.zeros([BLOCK_N, W_PAD], dtype)
+    pos = tl.zeros([BLOCK_N, W_PAD], dtype)
+    for start in range(0, M, BLOCK_M):
+        cols = start + tl.arange(0, BLOCK_M)
+        col_in = cols < M
+        col_ok = col_in & (tl.load(vb_ptr + b * M + cols, mask=col_in, other=0) != 0)
+        fb = _load_features(fb_b, cols, col_in, C, BLOCK_C)
+        s = _scaled_similarity(fa, fb, inv_tau, INPUT_PRECISION)
+        pair = row_ok[:, None] & col_ok[None, :]
+        if EXCLUDE_SELF:
+            pair = pair & (rows[:, None] != cols[None, :])
+        for w in tl.static_range(W):
+            d = _divergence(pa_ptr + (b * W + w) * N * K, pb_ptr + (b * W + w) * M * K,
+                            rows, cols, row_in, col_in, K, FG_L1, BLOCK_N, BLOCK_M)
+            if SWAPPED:
+                w_pos = d
+                w_neg = 1.0 - d
+            else:
+                w_pos = 1.0 - d
+                w_neg = d
+            x = tl.where(pair, s * w_neg, float("-inf"))
+            sel = wid == w
+            m_old = tl.sum(tl.where(sel, run_max, 0.0), axis=1)
+            l_old = tl.sum(tl.where(sel, run_sum, 0.0), axis=1)
+            p_old = tl.sum(tl.where(sel, pos, 0.0), axis=1)
+            m_new = tl.maximum(m_old, tl.max(x, axis=1))
+            # a row whose columns are all masked so far keeps max -inf: shift by 0 instead (no inf - inf)
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l_new = l_old * tl.exp(m_old - shift) + tl.sum(tl.exp(x - shift[:, None]), axis=1)
+            p_new = p_old + tl.sum(tl.where(pair, s * w_pos, 0.0), axis=1)
+            run_max = tl.where(sel, m_new[:, None], run_max)
+            run_sum = tl.where(sel, l_new[:, None], run_sum)
+            pos = tl.where(sel, p_new[:, None], pos)
+
+    n = tl.load(n_ptr + b * N + rows, mask=row_in, other=0.0)
+    # -inf for rows without a valid column (log of a masked 1, not of 0: no warning, NaN kept)
+    empty = run_sum == 0.0
+    lse = tl.where(empty, float("-inf"), run_max + tl.log(tl.where(empty, 1.0, run_sum)))
+    per_window = tl.where(wid < W, lse - pos / tl.maximum(n, 1.0)[:, None], 0.0)
+    loss = tl.sum(per_window, axis=1) / W
+    loss = tl.where(row_ok & (n > 0), loss, 0.0)
+    tl.store(loss_ptr + b * N + rows, loss, mask=row_in)
+    tl.store(lse_ptr + (b * N + rows[:, None]) * W + wid, lse, mask=row_in[:, None] & (wid < W))
+
+
+@triton.jit
+def _pair_grad(s, d, lse, scale_row, n_row, pair, SWAPPED: tl.constexpr):
+    """One window's term of G: (exp(ŝ w⁻ − lse) w⁻ − w⁺/n) · scale on valid pairs, else 0."""
+    if SWAPPED:
+        w_pos = d
+        w_neg = 1.0 - d
+    else:
+        w_pos = 1.0 - d
+        w_neg = d
+    # masked before exp: an excluded self pair would give exp(0 − lse) = inf for a sharp row
+    p = tl.exp(tl.where(pair, s * w_neg - lse, float("-inf")))
+    return tl.where(pair, (p * w_neg - w_pos / n_row) * scale_row, 0.0)
+
+
+@triton.jit
+def _pdcr_bwd_rows_kernel(
+    g_ptr, fa_ptr, pa_ptr, fb_ptr, pb_ptr, va_ptr, vb_ptr, n_ptr, lse_ptr, grad_ptr,
+    N, M, C, inv_tau_ptr,
+    W: tl.constexpr, K: tl.constexpr,
+    SWAPPED: tl.constexpr, FG_L1: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BROADCAST_SUM: tl.constexpr,
+):
+    """grad_fa for one row tile: Σ over column tiles of tl.dot(G, fb)."""
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    inv_tau = tl.load(inv_tau_ptr)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_in = rows < N
+    fa_b = fa_ptr + b * N * C
+    fb_b = fb_ptr + b * M * C
+    n = tl.load(n_ptr + b * N + rows, mask=row_in, other=0.0)
+    row_ok = row_in & (tl.load(va_ptr + b * N + rows, mask=row_in, other=0) != 0) & (n > 0)
+    g = tl.load(g_ptr + b * N + rows, mask=row_in, other=0.0)
+    scale = (g * (inv_tau / W))[:, None]
+    n = tl.maximum(n, 1.0)[:, None]
+    fa = _load_features(fa_b, rows, row_in, C, BLOCK_C)
+    offs_c = tl.arange(0, BLOCK_C)
+    acc = tl.zeros([BLOCK_N, BLOCK_C], fa_ptr.dtype.element_ty)
+    for start in range(0, M, BLOCK_M):
+        cols = start + tl.arange(0, BLOCK_M)
+        col_in = cols < M
+        col_ok = col_in & (tl.load(vb_ptr + b * M + cols, mask=col_in, other=0) != 0)
+        fb = _load_features(fb_b, cols, col_in, C, BLOCK_C)
+        s = _scaled_similarity(fa, fb, inv_tau, INPUT_PRECISION)
+        pair = row_ok[:, None] & col_ok[None, :]
+        if EXCLUDE_SELF:
+            pair = pair & (rows[:, None] != cols[None, :])
+        G = tl.zeros([BLOCK_N, BLOCK_M], fa_ptr.dtype.element_ty)
+        for w in tl.static_range(W):
+            d = _divergence(pa_ptr + (b * W + w) * N * K, pb_ptr + (b * W + w) * M * K,
+                            rows, cols, row_in, col_in, K, FG_L1, BLOCK_N, BLOCK_M)
+            lse = tl.load(lse_ptr + (b * N + rows) * W + w, mask=row_ok, other=0.0)
+            G += _pair_grad(s, d, lse[:, None], scale, n, pair, SWAPPED)
+        acc += _tile_matmul(G, fb, INPUT_PRECISION, BROADCAST_SUM)
+    tl.store(grad_ptr + (b * N + rows[:, None]) * C + offs_c[None, :], acc,
+             mask=row_in[:, None] & (offs_c[None, :] < C))
+
+
+@triton.jit
+def _pdcr_bwd_cols_kernel(
+    g_ptr, fa_ptr, pa_ptr, fb_ptr, pb_ptr, va_ptr, vb_ptr, n_ptr, lse_ptr, grad_ptr,
+    N, M, C, inv_tau_ptr,
+    W: tl.constexpr, K: tl.constexpr,
+    SWAPPED: tl.constexpr, FG_L1: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BROADCAST_SUM: tl.constexpr,
+):
+    """grad_fb for one column tile: Σ over row tiles of tl.dot(Gᵀ, fa); tiles are [column, row]."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    inv_tau = tl.load(inv_tau_ptr)
+    cols = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    col_in = cols < M
+    col_ok = col_in & (tl.load(vb_ptr + b * M + cols, mask=col_in, other=0) != 0)
+    fa_b = fa_ptr + b * N * C
+    fb_b = fb_ptr + b * M * C
+    fb = _load_features(fb_b, cols, col_in, C, BLOCK_C)
+    offs_c = tl.arange(0, BLOCK_C)
+    acc = tl.zeros([BLOCK_M, BLOCK_C], fa_ptr.dtype.element_ty)
+    for start in range(0, N, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        row_in = rows < N
+        n = tl.load(n_ptr + b * N + rows, mask=row_in, other=0.0)
+        row_ok = row_in & (tl.load(va_ptr + b * N + rows, mask=row_in, other=0) != 0) & (n > 0)
+        g = tl.load(g_ptr + b * N + rows, mask=row_in, other=0.0)
+        scale = (g * (inv_tau / W))[None, :]
+        n = tl.maximum(n, 1.0)[None, :]
+        fa = _load_features(fa_b, rows, row_in, C, BLOCK_C)
+        s = _scaled_similarity(fb, fa, inv_tau, INPUT_PRECISION)
+        pair = col_ok[:, None] & row_ok[None, :]
+        if EXCLUDE_SELF:
+            pair = pair & (cols[:, None] != rows[None, :])
+        G = tl.zeros([BLOCK_M, BLOCK_N], fa_ptr.dtype.element_ty)
+        for w in tl.static_range(W):
+            # |Δφ| is symmetric, so the [column, row] tile comes from swapping the operands
+            d = _divergence(pb_ptr + (b * W + w) * M * K, pa_ptr + (b * W + w) * N * K,
+                            cols, rows, col_in, row_in, K, FG_L1, BLOCK_M, BLOCK_N)
+            lse = tl.load(lse_ptr + (b * N + rows) * W + w, mask=row_ok, other=0.0)
+            G += _pair_grad(s, d, lse[None, :], scale, n, pair, SWAPPED)
+        acc += _tile_matmul(G, fa, INPUT_PRECISION, BROADCAST_SUM)
+    tl.store(grad_ptr + (b * M + cols[:, None]) * C + offs_c[None, :], acc,
+             mask=col_in[:, None] & (offs_c[None, :] < C))
+
+
+def _launch_config(C, dtype, device, input_precision, block):
+    """(BLOCK, BLOCK_C, num_warps). On a GPU: the largest tile with no register spills for every
+    kernel at W = K = 3 (ptxas -v, sm_80/sm_90; fp32 "ieee" dots hold whole fp32 tiles, so they
+    get the smallest). The interpreter takes 64: its cost is per tile step, not per element."""
+    block_c = max(16, triton.next_power_of_2(C))
+    if device.type != "cuda":
+        return block or 64, block_c, 4
+    if dtype == torch.float64:
+        config = (32, 8) if block_c <= 128 else (16, 8)
+    elif input_precision == "ieee":
+        config = (32, 4) if block_c <= 64 else (16, 4)
+    else:
+        config = (32, 8)
+    return block or config[0], block_c, config[1]
+
+
+def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block):
+    """Sizes, per-row column counts n_i, 1/τ as a tensor, and the kernels' compile-time options."""
+    B, N, C = fa.shape
+    M = fb.shape[1]
+    W, K = pa.shape[1], pa.shape[3]
+    if C > MAX_C or W > MAX_W or K > MAX_K:
+        raise ValueError(
+            f"the Triton PDCR kernel supports C <= {MAX_C}, W <= {MAX_W}, K <= {MAX_K}; got C={C}, W={W}, K={K}"
+        )
+    if fa.dtype == torch.float64:
+        input_precision = "ieee"  # tf32 does not apply to fp64 dots
+    block, block_c, num_warps = _launch_config(C, fa.dtype, fa.device, input_precision, block)
+    # n_i: valid columns of each row (the row itself excluded when asked); rows without any drop out.
+    n_cols = vb.sum(dim=1, keepdim=True).to(fa.dtype).expand(B, N)
+    if exclude_self:
+        n_cols = n_cols - va.to(fa.dtype)
+    # A pointer, not a scalar argument: Triton passes Python floats as fp32, which would cost
+    # float64 its precision.
+    inv_tau_t = torch.full((1,), inv_tau, dtype=fa.dtype, device=fa.device)
+    meta = dict(
+        W=W, K=K, SWAPPED=bool(swapped), FG_L1=bool(fg_l1), EXCLUDE_SELF=bool(exclude_self),
+        BLOCK_N=block, BLOCK_M=block, BLOCK_C=block_c, INPUT_PRECISION=input_precision, num_warps=num_warps,
+    )
+    return (B, N, M, C, W), n_cols.contiguous(), inv_tau_t, meta
+
+
+def pdcr_fwd(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self,
+             input_precision="ieee", block=None):
+    """Per-row loss (B, N) and per-(row, window) denominator log-sum-exp (B, N, W).
+
+    fa (B, N, C), fb (B, M, C) unit rows; pa (B, W, N, K), pb (B, W, M, K); va (B, N), vb (B, M)
+    bool. Floating inputs contiguous, one dtype (float32 or float64). ``block`` overrides the
+    row/column tile size (a power of two, at least 16). row_lse is -inf where a row has no valid
+    column.
+    """
+    (B, N, M, C, W), n_cols, inv_tau_t, meta = _launch_setup(
+        fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block)
+    row_loss = torch.empty((B, N), dtype=fa.dtype, device=fa.device)
+    row_lse = torch.empty((B, N, W), dtype=fa.dtype, device=fa.device)
+    if B == 0 or N == 0:
+        return row_loss, row_lse
+    grid = (triton.cdiv(N, meta["BLOCK_N"]), B)
+    _pdcr_fwd_kernel[grid](
+        fa, pa, fb, pb, va, vb, n_cols, row_loss, row_lse, N, M, C, inv_tau_t,
+        W_PAD=triton.next_power_of_2(W), **meta,
+    )
+    return row_loss, row_lse
+
+
+def pdcr_bwd(grad_row, fa, pa, fb, pb, va, vb, row_lse, *, inv_tau, swapped, fg_l1, exclude_self,
+             input_precision="ieee", block=None):
+    """(grad_fa, grad_fb) of Σ grad_row · row_loss; the other arguments are those of :func:`pdcr_fwd`."""
+    (B, N, M, C, W), n_cols, inv_tau_t, meta = _launch_setup(
+        fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block)
+    if B == 0 or N == 0 or M == 0:
+        return torch.zeros_like(fa), torch.zeros_like(fb)
+    grad_fa = torch.empty_like(fa)
+    grad_fb = torch.empty_like(fb)
+    args = (grad_row.contiguous(), fa, pa, fb, pb, va, vb, n_cols, row_lse)
+    meta["BROADCAST_SUM"] = fa.dtype == torch.float64
+    _pdcr_bwd_rows_kernel[(triton.cdiv(N, meta["BLOCK_N"]), B)](*args, grad_fa, N, M, C, inv_tau_t, **meta)
+    _pdcr_bwd_cols_kernel[(triton.cdiv(M, meta["BLOCK_M"]), B)](*args, grad_fb, N, M, C, inv_tau_t, **meta)
+    return grad_fa, grad_fb
