@@ -21,6 +21,7 @@
 // exception flags may be raised by speculated lanes; scoped to this file's own code.
 #pragma GCC optimize("no-trapping-math")
 #include "affseg/checks.h"
+#include "affseg/cpu_isa.h"
 #include "affseg/entropy_math.h"
 
 namespace affseg {
@@ -92,47 +93,10 @@ struct Geometry {
     _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) acc[i] += static_cast<double>(v[i]);             \
   }
 
-namespace base {
-AFFSEG_PIXEL_PASSES
-}  // namespace base
-#if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-AFFSEG_PIXEL_PASSES
-}  // namespace avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
-namespace avx512 {
-AFFSEG_PIXEL_PASSES
-}  // namespace avx512
-#pragma GCC pop_options
-#else
-namespace avx2 = base;
-namespace avx512 = base;
-#endif
+AFFSEG_FOR_EACH_ISA(AFFSEG_PIXEL_PASSES)
 #undef AFFSEG_PIXEL_PASSES
 
-// 0: baseline x86-64 (SSE2), 1: AVX2+FMA, 2: AVX-512 (F/VL/DQ/BW), as the CPU supports.
-// AFFSEG_CPU_ISA=baseline|avx2 caps it, so the tests can run every compiled path on one machine.
-int simd_level() {
-#if defined(__x86_64__)
-  int level = 0;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) level = 1;
-  if (level == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")) {
-    level = 2;
-  }
-  const char* cap = std::getenv("AFFSEG_CPU_ISA");
-  if (cap != nullptr && std::strcmp(cap, "baseline") == 0) level = 0;
-  if (cap != nullptr && std::strcmp(cap, "avx2") == 0 && level > 1) level = 1;
-  return level;
-#else
-  return 0;
-#endif
-}
-const int kSimdLevel = simd_level();
+const int kSimdLevel = cpu::simd_level();
 
 #define AFFSEG_PASS_TABLE(NAME, NS)                                            \
   struct NAME {                                                                \

@@ -18,6 +18,7 @@
 // exception flags may be raised by speculated lanes; scoped to this file's own code.
 #pragma GCC optimize("no-trapping-math")
 #include "affseg/checks.h"
+#include "affseg/cpu_isa.h"
 #include "affseg/uafs_math.h"
 
 namespace affseg {
@@ -83,26 +84,7 @@ constexpr int64_t kBlock = 512;
         du[i] * uafs_dU_da(e[i], d[i], inv_s[i], ls[i], h[i], inv_log_m);                                 \
   }
 
-namespace base {
-AFFSEG_PIXEL_PASSES
-}  // namespace base
-#if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-AFFSEG_PIXEL_PASSES
-}  // namespace avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
-namespace avx512 {
-AFFSEG_PIXEL_PASSES
-}  // namespace avx512
-#pragma GCC pop_options
-#else
-namespace avx2 = base;
-namespace avx512 = base;
-#endif
+AFFSEG_FOR_EACH_ISA(AFFSEG_PIXEL_PASSES)
 #undef AFFSEG_PIXEL_PASSES
 
 #define AFFSEG_PASS_TABLE(NAME, NS)                                                  \
@@ -125,25 +107,7 @@ AFFSEG_PASS_TABLE(Avx2Passes, avx2)
 AFFSEG_PASS_TABLE(Avx512Passes, avx512)
 #undef AFFSEG_PASS_TABLE
 
-// 0: baseline x86-64 (SSE2), 1: AVX2+FMA, 2: AVX-512 (F/VL/DQ/BW), as the CPU supports.
-// AFFSEG_CPU_ISA=baseline|avx2 caps it, so the tests can run every compiled path on one machine.
-int simd_level() {
-#if defined(__x86_64__)
-  int level = 0;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) level = 1;
-  if (level == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")) {
-    level = 2;
-  }
-  const char* cap = std::getenv("AFFSEG_CPU_ISA");
-  if (cap != nullptr && std::strcmp(cap, "baseline") == 0) level = 0;
-  if (cap != nullptr && std::strcmp(cap, "avx2") == 0 && level > 1) level = 1;
-  return level;
-#else
-  return 0;
-#endif
-}
-const int kSimdLevel = simd_level();
+const int kSimdLevel = cpu::simd_level();
 
 // Attention statistics of one block of n pixels: w = 2 − U, 1/s, log s, H, and e, d (M rows)
 // for backward.
