@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "affseg/checks.h"
+#include "affseg/cpu_isa.h"
 
 // The kernels below (and the math header they inline) never read floating-point exception flags, so
 // comparisons may be evaluated speculatively: without this GCC keeps the selects in fast_exp and
@@ -263,7 +264,7 @@ AFFSEG_ALWAYS_INLINE void backward_block(const Args<T>& a, int64_t b, int64_t i0
 AFFSEG_SUPCON_LOOPS(baseline, , 16)
 #if defined(__x86_64__) && defined(__GNUC__)
 AFFSEG_SUPCON_LOOPS(avx2, __attribute__((target("avx2"))), 32)
-bool use_avx2() { return __builtin_cpu_supports("avx2"); }
+bool use_avx2() { return cpu::simd_level() >= 1; }  // AFFSEG_CPU_ISA=baseline caps it
 #else
 bool use_avx2() { return false; }
 #endif

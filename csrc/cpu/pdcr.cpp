@@ -1,0 +1,718 @@
+// CPU kernels of the fused PDCR contrastive term (SPEC §3): affseg::pdcr_fwd and affseg::pdcr_bwd.
+//
+// Math (per-pair arithmetic in affseg/pdcr_math.h): for each valid row i and window w,
+//   lse_iw = LSE_j ŝ_ij·w⁻_ijw, pos_iw = Σ_j ŝ_ij·w⁺_ijw, r_i = (1/W) Σ_w (lse_iw − pos_iw/n_i),
+// over the n_i valid columns j (j ≠ i with exclude_self); backward recomputes every pair from the
+// saved lse: G_ij = g_i·inv_tau/W·Σ_w (exp(ŝ_ij·w⁻ − lse_iw)·w⁻ − w⁺/n_i), grad_fa = G·fb,
+// grad_fb = Gᵀ·fa.
+//
+// Layout: the items of the inner sweep (valid columns; for grad_fb the rows that carry gradient)
+// are first compacted per batch into a panel, features stored both c-major (for the dot-product
+// tile) and row-major (for the gradient product), ratios class-major, all zero-padded to the
+// micro-kernel width. One OpenMP task per (batch, block of 32 outer items) walks the panel in
+// tiles of 256: a register-blocked micro-kernel (4 outer rows × 2 SIMD registers) computes the
+// 32×256 dot tile in L1/L2, then vectorised loops over the tile's columns form the W windows'
+// weights from the ratios and accumulate the per-window exp sums from that one similarity tile.
+// The exp is a branch-free polynomial (pdcr_math.h), so these loops vectorise without -ffast-math
+// and NaN propagates. When the data bound |ŝ·w⁻| below pdcr::fixed_shift_limit (for ratios that
+// sum to 1: τ ≥ 0.07 with tv, τ ≥ 0.11 with fg_l1) the exp sums need no running maximum; otherwise each tile
+// rescales an online maximum. grad_fb is a second sweep with the roles swapped (column blocks,
+// row tiles), so every output row is written by one task: deterministic, no atomics.
+// Memory: O(B·(N+M)·(C+W·K)) for the panels and 32×256 tiles per thread; never N×M.
+// FLOPs per call: about 2·N·M·C (dot) + N·M·W·(3K+25) (epilogue) forward; twice the dot products
+// plus 4·N·M·C for the gradient products backward.
+// Hot loops are compiled twice, for baseline x86-64 and for AVX2+FMA, and picked at run time.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "affseg/checks.h"
+
+// From here on (this file's kernels and the math header), FP operations may be assumed not to trap:
+// that lets GCC if-convert the selects of the pair loops and vectorise them. NaN still propagates
+// (this is not -ffast-math: no finite-math or reassociation assumptions).
+#pragma GCC optimize("no-trapping-math")
+#include "affseg/pdcr_math.h"
+
+#define AFFSEG_ALWAYS_INLINE inline __attribute__((always_inline))
+#define AFFSEG_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+namespace affseg {
+namespace {
+
+// Micro-kernel width: two 256-bit registers; panels are padded to it.
+template <typename T>
+constexpr int64_t kLanes = 64 / sizeof(T);
+constexpr int64_t kMicroRows = 4;
+constexpr int64_t kBlock = 32;  // outer items per task (a multiple of kMicroRows)
+constexpr int64_t kTile = 256;  // inner items per tile (a multiple of kLanes)
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+// Compacted items of one batch, zero-padded to np = a multiple of kLanes.
+template <typename T>
+struct Panel {
+  int64_t n = 0, np = 0;
+  std::vector<int64_t> idx;  // original index of each item
+  std::vector<T> ft;         // (C, np) features, c-major
+  std::vector<T> f;          // (np, ldf) features, channels zero-padded to cp
+  std::vector<T> pt;         // (W·K, np) ratios, class-major
+  std::vector<T> lse;        // (W, np) row statistics (row panels of the backward only)
+  std::vector<T> coef;       // (np) g_i·inv_tau/W
+  std::vector<T> inv_n;      // (np) 1/n_i
+
+  // feat (n_all, C) and phi (W, n_all, K) of one batch.
+  void fill(const T* feat, const T* phi, int64_t n_all, std::vector<int64_t> items, int64_t C, int64_t ldf,
+            int64_t W, int64_t K) {
+    idx = std::move(items);
+    n = static_cast<int64_t>(idx.size());
+    // An odd number of 64-byte lines per row: rows of the c-major panel that the micro-kernel reads
+    // one after another then fall into different L1 sets (N = 4096 would put all 64 on one set).
+    np = round_up(std::max<int64_t>(n, 1), kLanes<T>);
+    if ((np / kLanes<T>) % 2 == 0) np += kLanes<T>;
+    ft.assign(C * np, T(0));
+    f.assign(np * ldf, T(0));
+    pt.assign(W * K * np, T(0));
+    for (int64_t t = 0; t < n; ++t) {
+      const T* src = feat + idx[t] * C;
+      for (int64_t c = 0; c < C; ++c) {
+        ft[c * np + t] = src[c];
+        f[t * ldf + c] = src[c];
+      }
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t k = 0; k < K; ++k) pt[(w * K + k) * np + t] = phi[(w * n_all + idx[t]) * K + k];
+    }
+  }
+};
+
+// One operand side of a sweep: the outer items of a batch are rows of `feat` (n_all, C) and
+// `phi` (W, n_all, K), listed in `items`.
+template <typename T>
+struct Side {
+  const T* feat;
+  const T* phi;
+  int64_t n_all;
+};
+
+struct Options {
+  int64_t C, cp, ldf, W, K;  // cp: C rounded up to kLanes; ldf: row stride of Panel::f
+  bool swapped, fg_l1, exclude_self;
+};
+
+template <typename T>
+struct Scratch {
+  std::vector<T> dots, grads, div, logits, acc, zeros, ratios, sum_exp, run_max, pos;
+  std::vector<const T*> outer_rows, grad_rows;
+  std::vector<int64_t> self_pos;  // panel position of each outer item's own pair, or -1
+  Scratch(const Options& o)
+      : dots(kBlock * kTile),
+        grads(kBlock * kTile, T(0)),
+        div(kTile),
+        logits(kTile),
+        acc(kBlock * o.cp),
+        zeros(std::max<int64_t>(o.C, 1), T(0)),
+        ratios(kBlock * o.W * o.K),
+        sum_exp(kBlock * o.W),
+        run_max(kBlock * o.W),
+        pos(kBlock * o.W),
+        outer_rows(kBlock),
+        grad_rows(kBlock),
+        self_pos(kBlock) {
+    for (int64_t r = 0; r < kBlock; ++r) grad_rows[r] = grads.data() + r * kTile;
+  }
+};
+
+// Builtins rather than std::fma/std::abs: the <cmath> functions were compiled without this file's
+// optimize pragma, so GCC would not inline them into the loops.
+template <typename T, bool kFma>
+AFFSEG_ALWAYS_INLINE T madd(T a, T b, T c) {
+  if constexpr (!kFma) {
+    return a * b + c;
+  } else if constexpr (sizeof(T) == 4) {
+    return __builtin_fmaf(a, b, c);
+  } else {
+    return __builtin_fma(a, b, c);
+  }
+}
+
+template <typename T>
+AFFSEG_ALWAYS_INLINE T absolute(T x) {
+  if constexpr (sizeof(T) == 4) {
+    return __builtin_fabsf(x);
+  } else {
+    return __builtin_fabs(x);
+  }
+}
+
+// out[r][j] (= or +=) Σ_k a[r][k]·bt[k·ldb + j] for r < rows (a multiple of kMicroRows) and
+// j < cols (a multiple of kLanes). 4 rows × kLanes accumulators stay in registers while k runs.
+template <typename T, bool kFma, bool kAccumulate>
+AFFSEG_ALWAYS_INLINE void tile_product(const T* const* a, int64_t rows, int64_t depth, const T* bt, int64_t ldb,
+                                       int64_t cols, T* out, int64_t ldo) {
+  constexpr int64_t J = kLanes<T>;
+  for (int64_t j0 = 0; j0 < cols; j0 += J) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kMicroRows) {
+      const T* __restrict__ a0 = a[r0];
+      const T* __restrict__ a1 = a[r0 + 1];
+      const T* __restrict__ a2 = a[r0 + 2];
+      const T* __restrict__ a3 = a[r0 + 3];
+      T* o = out + r0 * ldo + j0;
+      T c0[J], c1[J], c2[J], c3[J];
+      for (int64_t jj = 0; jj < J; ++jj) {
+        c0[jj] = kAccumulate ? o[jj] : T(0);
+        c1[jj] = kAccumulate ? o[ldo + jj] : T(0);
+        c2[jj] = kAccumulate ? o[2 * ldo + jj] : T(0);
+        c3[jj] = kAccumulate ? o[3 * ldo + jj] : T(0);
+      }
+      for (int64_t k = 0; k < depth; ++k) {
+        const T* __restrict__ b = bt + k * ldb + j0;
+        const T x0 = a0[k], x1 = a1[k], x2 = a2[k], x3 = a3[k];
+        for (int64_t jj = 0; jj < J; ++jj) {
+          c0[jj] = madd<T, kFma>(x0, b[jj], c0[jj]);
+          c1[jj] = madd<T, kFma>(x1, b[jj], c1[jj]);
+          c2[jj] = madd<T, kFma>(x2, b[jj], c2[jj]);
+          c3[jj] = madd<T, kFma>(x3, b[jj], c3[jj]);
+        }
+      }
+      for (int64_t jj = 0; jj < J; ++jj) {
+        o[jj] = c0[jj];
+        o[ldo + jj] = c1[jj];
+        o[2 * ldo + jj] = c2[jj];
+        o[3 * ldo + jj] = c3[jj];
+      }
+    }
+  }
+}
+
+// div[j] = d(outer item, inner item j) of window w for j < n, from the outer item's K ratios and the
+// inner panel's class-major ratios starting at `inner` (row stride `stride`).
+template <typename T>
+AFFSEG_ALWAYS_INLINE void tile_divergence(const T* outer, const T* inner, int64_t stride, int64_t n,
+                                          const Options& o, T* __restrict__ div) {
+  const int k0 = pdcr::first_class(o.fg_l1);
+  const T scale = pdcr::divergence_scale<T>(o.fg_l1);
+  if (k0 >= o.K) {
+    std::fill(div, div + n, T(0));
+    return;
+  }
+  {
+    const T p = outer[k0];
+    const T* __restrict__ q = inner + k0 * stride;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) div[j] = absolute(p - q[j]);
+  }
+  for (int64_t k = k0 + 1; k < o.K; ++k) {
+    const T p = outer[k];
+    const T* __restrict__ q = inner + k * stride;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) div[j] += absolute(p - q[j]);
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) div[j] *= scale;
+}
+
+// The outer items of one task, their (W, K) ratios and (under exclude_self) the position of their own
+// index in the inner panel, gathered into scratch. The self pair is then cut out of the pair loops by
+// splitting them around it, so that the loops carry no per-pair index test.
+template <typename T>
+void gather_outer(const Side<T>& side, const int64_t* items, int64_t count, const Panel<T>& inner, const Options& o,
+                  Scratch<T>& s) {
+  const int64_t WK = o.W * o.K;
+  for (int64_t r = 0; r < count; ++r) {
+    const auto it = std::lower_bound(inner.idx.begin(), inner.idx.end(), items[r]);
+    s.self_pos[r] = (o.exclude_self && it != inner.idx.end() && *it == items[r]) ? it - inner.idx.begin() : -1;
+  }
+  for (int64_t r = 0; r < kBlock; ++r) s.outer_rows[r] = r < count ? side.feat + items[r] * o.C : s.zeros.data();
+  for (int64_t r = 0; r < count; ++r)
+    for (int64_t w = 0; w < o.W; ++w)
+      for (int64_t k = 0; k < o.K; ++k) s.ratios[r * WK + w * o.K + k] = side.phi[(w * side.n_all + items[r]) * o.K + k];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward: rows outer, valid columns inner.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct ForwardTask {
+  Side<T> rows;
+  const Panel<T>* cols;
+  const int64_t* items;  // rows of this task
+  const T* inv_n;        // per item
+  int64_t count;
+  T inv_tau;
+  T* loss;  // (n_all) of this batch
+  T* lse;   // (n_all, W) of this batch
+};
+
+template <typename T, bool kFma, bool kFixedShift>
+AFFSEG_ALWAYS_INLINE void forward_body(const ForwardTask<T>& t, const Options& o, Scratch<T>& s) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  const Panel<T>& cols = *t.cols;
+  const int64_t W = o.W, WK = o.W * o.K;
+  gather_outer(t.rows, t.items, t.count, cols, o, s);
+  const int64_t rows4 = round_up(t.count, kMicroRows);
+  std::fill(s.sum_exp.begin(), s.sum_exp.end(), T(0));
+  std::fill(s.run_max.begin(), s.run_max.end(), kNegInf);
+  std::fill(s.pos.begin(), s.pos.end(), T(0));
+  const T inv_tau = t.inv_tau;
+  const pdcr::WeightMap<T> weights = pdcr::weight_map<T>(o.swapped);
+  for (int64_t j0 = 0; j0 < cols.n; j0 += kTile) {
+    const int64_t jn = std::min(kTile, cols.n - j0);
+    const int64_t jw = round_up(jn, kLanes<T>);
+    tile_product<T, kFma, false>(s.outer_rows.data(), rows4, o.C, cols.ft.data() + j0, cols.np, jw, s.dots.data(),
+                                 kTile);
+    for (int64_t r = 0; r < t.count; ++r) {
+      T* __restrict__ logit = s.dots.data() + r * kTile;
+#pragma omp simd
+      for (int64_t j = 0; j < jn; ++j) logit[j] = pdcr::scaled_logit(logit[j], inv_tau);
+      // The pairs [0, cut) and [cut + 1, jn): all of them unless the self pair lies in this tile.
+      const int64_t self = s.self_pos[r] - j0;
+      const int64_t cut = (self >= 0 && self < jn) ? self : jn;
+      for (int64_t w = 0; w < W; ++w) {
+        T* __restrict__ div = s.div.data();
+        tile_divergence(s.ratios.data() + r * WK + w * o.K, cols.pt.data() + w * o.K * cols.np + j0, cols.np, jn, o,
+                        div);
+        T sum_exp = T(0), pos = T(0);
+        if constexpr (kFixedShift) {
+          for (int64_t part = 0; part < 2; ++part) {
+            const int64_t begin = part == 0 ? 0 : cut + 1, end = part == 0 ? cut : jn;
+#pragma omp simd reduction(+ : sum_exp, pos)
+            for (int64_t j = begin; j < end; ++j) {
+              T w_pos, w_neg;
+              pdcr::pair_weights(div[j], weights, w_pos, w_neg);
+              sum_exp += pdcr::exp_pair(logit[j] * w_neg);
+              pos += logit[j] * w_pos;
+            }
+          }
+          s.sum_exp[r * W + w] += sum_exp;
+        } else {
+          T* __restrict__ v = s.logits.data();
+          for (int64_t part = 0; part < 2; ++part) {
+            const int64_t begin = part == 0 ? 0 : cut + 1, end = part == 0 ? cut : jn;
+#pragma omp simd reduction(+ : pos)
+            for (int64_t j = begin; j < end; ++j) {
+              T w_pos, w_neg;
+              pdcr::pair_weights(div[j], weights, w_pos, w_neg);
+              v[j] = logit[j] * w_neg;
+              pos += logit[j] * w_pos;
+            }
+          }
+          if (cut < jn) v[cut] = kNegInf;
+          // NaN-sticky maximum: a NaN logit must reach the sum instead of being skipped.
+          T tile_max = kNegInf;
+          for (int64_t j = 0; j < jn; ++j) tile_max = (v[j] > tile_max || v[j] != v[j]) ? v[j] : tile_max;
+          const T old_max = s.run_max[r * W + w];
+          const T new_max = (tile_max > old_max || tile_max != tile_max) ? tile_max : old_max;
+          if (new_max != kNegInf) {
+#pragma omp simd reduction(+ : sum_exp)
+            for (int64_t j = 0; j < jn; ++j) sum_exp += pdcr::exp_pair(v[j] - new_max);
+            s.sum_exp[r * W + w] = s.sum_exp[r * W + w] * pdcr::exp_pair(old_max - new_max) + sum_exp;
+            s.run_max[r * W + w] = new_max;
+          }
+        }
+        s.pos[r * W + w] += pos;
+      }
+    }
+  }
+  for (int64_t r = 0; r < t.count; ++r) {
+    T loss = T(0);
+    for (int64_t w = 0; w < W; ++w) {
+      const T shift = kFixedShift ? T(0) : s.run_max[r * W + w];
+      const T lse = shift + std::log(s.sum_exp[r * W + w]);
+      t.lse[t.items[r] * W + w] = lse;
+      loss += lse - s.pos[r * W + w] * t.inv_n[r];
+    }
+    t.loss[t.items[r]] = loss / T(W);
+  }
+}
+
+template <typename T, bool kFixedShift>
+AFFSEG_TARGET_AVX2 void forward_avx2(const ForwardTask<T>& t, const Options& o, Scratch<T>& s) {
+  forward_body<T, true, kFixedShift>(t, o, s);
+}
+
+template <typename T, bool kFixedShift>
+void forward_base(const ForwardTask<T>& t, const Options& o, Scratch<T>& s) {
+  forward_body<T, false, kFixedShift>(t, o, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward: grad of the outer items against an inner panel. Rows outer (grad_fa, the row's own
+// lse/coef/inv_n are scalars) or columns outer (grad_fb, the inner rows' statistics are vectors).
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct GradTask {
+  Side<T> outer;
+  const Panel<T>* inner;
+  const int64_t* items;
+  int64_t count;
+  T inv_tau;
+  // Rows outer only: per-item statistics, and the batch's lse (n_all, W).
+  const T* coef;
+  const T* inv_n;
+  const T* lse;
+  T* grad;  // (n_all, C) of this batch
+};
+
+template <typename T, bool kFma, bool kRowsOuter>
+AFFSEG_ALWAYS_INLINE void grad_body(const GradTask<T>& t, const Options& o, Scratch<T>& s) {
+  const Panel<T>& in = *t.inner;
+  const int64_t W = o.W, WK = o.W * o.K, cp = o.cp;
+  gather_outer(t.outer, t.items, t.count, in, o, s);
+  const int64_t rows4 = round_up(t.count, kMicroRows);
+  std::fill(s.acc.begin(), s.acc.begin() + rows4 * cp, T(0));
+  std::fill(s.grads.begin() + t.count * kTile, s.grads.begin() + rows4 * kTile, T(0));
+  const T inv_tau = t.inv_tau;
+  const pdcr::WeightMap<T> weights = pdcr::weight_map<T>(o.swapped);
+  for (int64_t j0 = 0; j0 < in.n; j0 += kTile) {
+    const int64_t jn = std::min(kTile, in.n - j0);
+    const int64_t jw = round_up(jn, kLanes<T>);
+    tile_product<T, kFma, false>(s.outer_rows.data(), rows4, o.C, in.ft.data() + j0, in.np, jw, s.dots.data(), kTile);
+    for (int64_t r = 0; r < t.count; ++r) {
+      T* __restrict__ logit = s.dots.data() + r * kTile;
+      T* __restrict__ g = s.grads.data() + r * kTile;
+#pragma omp simd
+      for (int64_t j = 0; j < jw; ++j) {
+        logit[j] = pdcr::scaled_logit(logit[j], inv_tau);
+        g[j] = T(0);
+      }
+      for (int64_t w = 0; w < W; ++w) {
+        T* __restrict__ div = s.div.data();
+        tile_divergence(s.ratios.data() + r * WK + w * o.K, in.pt.data() + w * o.K * in.np + j0, in.np, jn, o, div);
+        if constexpr (kRowsOuter) {
+          const T lse = t.lse[t.items[r] * W + w];
+          const T inv_n = t.inv_n[r];
+#pragma omp simd
+          for (int64_t j = 0; j < jn; ++j) {
+            T w_pos, w_neg;
+            pdcr::pair_weights(div[j], weights, w_pos, w_neg);
+            const T p = pdcr::exp_pair(logit[j] * w_neg - lse);
+            g[j] += pdcr::pair_grad_term(p, w_pos, w_neg, inv_n);
+          }
+        } else {
+          const T* __restrict__ lse = in.lse.data() + w * in.np + j0;
+          const T* __restrict__ inv_n = in.inv_n.data() + j0;
+#pragma omp simd
+          for (int64_t j = 0; j < jn; ++j) {
+            T w_pos, w_neg;
+            pdcr::pair_weights(div[j], weights, w_pos, w_neg);
+            const T p = pdcr::exp_pair(logit[j] * w_neg - lse[j]);
+            g[j] += pdcr::pair_grad_term(p, w_pos, w_neg, inv_n[j]);
+          }
+        }
+      }
+      if constexpr (kRowsOuter) {
+        const T coef = t.coef[r];
+#pragma omp simd
+        for (int64_t j = 0; j < jn; ++j) g[j] *= coef;
+      } else {
+        const T* __restrict__ coef = in.coef.data() + j0;
+#pragma omp simd
+        for (int64_t j = 0; j < jn; ++j) g[j] *= coef[j];
+      }
+      const int64_t self = s.self_pos[r] - j0;
+      if (self >= 0 && self < jn) g[self] = T(0);
+    }
+    tile_product<T, kFma, true>(s.grad_rows.data(), rows4, jw, in.f.data() + j0 * o.ldf, o.ldf, cp, s.acc.data(),
+                                cp);
+  }
+  for (int64_t r = 0; r < t.count; ++r) std::copy_n(s.acc.data() + r * cp, o.C, t.grad + t.items[r] * o.C);
+}
+
+template <typename T, bool kRowsOuter>
+AFFSEG_TARGET_AVX2 void grad_avx2(const GradTask<T>& t, const Options& o, Scratch<T>& s) {
+  grad_body<T, true, kRowsOuter>(t, o, s);
+}
+
+template <typename T, bool kRowsOuter>
+void grad_base(const GradTask<T>& t, const Options& o, Scratch<T>& s) {
+  grad_body<T, false, kRowsOuter>(t, o, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers.
+// ---------------------------------------------------------------------------------------------
+struct Dims {
+  int64_t B, N, M;
+};
+
+std::vector<int64_t> valid_items(const bool* valid, int64_t n) {
+  std::vector<int64_t> items;
+  for (int64_t i = 0; i < n; ++i)
+    if (valid[i]) items.push_back(i);
+  return items;
+}
+
+// n_i per row: the batch's valid columns, less the row's own column under exclude_self.
+int64_t column_count(const Options& o, const bool* valid_b, int64_t M, int64_t valid_cols, int64_t i) {
+  return valid_cols - ((o.exclude_self && i < M && valid_b[i]) ? 1 : 0);
+}
+
+// Largest Σ_{k≥k0} |φ| over the rows of a (B, W, n, K) ratio tensor; NaN if any ratio is NaN.
+template <typename T>
+T max_ratio_sum(const T* phi, int64_t rows, int64_t K, bool fg_l1) {
+  T best = T(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    T sum = T(0);
+    for (int64_t k = pdcr::first_class(fg_l1); k < K; ++k) sum += std::abs(phi[r * K + k]);
+    best = (sum > best || sum != sum) ? sum : best;
+  }
+  return best;
+}
+
+// Each task: one batch and up to kBlock consecutive entries of that batch's item list.
+struct TaskRange {
+  int64_t b, start, count;
+};
+
+std::vector<TaskRange> split(const std::vector<std::vector<int64_t>>& items) {
+  std::vector<TaskRange> tasks;
+  for (int64_t b = 0; b < static_cast<int64_t>(items.size()); ++b)
+    for (int64_t s = 0; s < static_cast<int64_t>(items[b].size()); s += kBlock)
+      tasks.push_back({b, s, std::min<int64_t>(kBlock, items[b].size() - s)});
+  return tasks;
+}
+
+template <typename T>
+void forward_impl(const at::Tensor& fa, const at::Tensor& pa, const at::Tensor& fb, const at::Tensor& pb,
+                  const at::Tensor& va, const at::Tensor& vb, const Options& o, Dims d, T inv_tau, at::Tensor& loss,
+                  at::Tensor& lse) {
+  const T* fa_p = fa.data_ptr<T>();
+  const T* pa_p = pa.data_ptr<T>();
+  const T* fb_p = fb.data_ptr<T>();
+  const T* pb_p = pb.data_ptr<T>();
+  const bool* va_p = va.data_ptr<bool>();
+  const bool* vb_p = vb.data_ptr<bool>();
+  T* loss_p = loss.data_ptr<T>();
+  T* lse_p = lse.data_ptr<T>();
+  const int64_t C = o.C, W = o.W, K = o.K;
+
+  std::vector<Panel<T>> cols(d.B);
+  std::vector<std::vector<int64_t>> rows(d.B);
+  std::vector<std::vector<T>> inv_n(d.B);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < d.B; ++b) {
+    cols[b].fill(fb_p + b * d.M * C, pb_p + b * W * d.M * K, d.M, valid_items(vb_p + b * d.M, d.M), C, o.ldf, W, K);
+    for (int64_t i = 0; i < d.N; ++i) {
+      const int64_t n = column_count(o, vb_p + b * d.M, d.M, cols[b].n, i);
+      if (va_p[b * d.N + i] && n > 0) {
+        rows[b].push_back(i);
+        inv_n[b].push_back(T(1) / T(n));
+      }
+    }
+  }
+  const T bound = pdcr::logit_bound(inv_tau, max_ratio_sum(pa_p, d.B * W * d.N, K, o.fg_l1),
+                                    max_ratio_sum(pb_p, d.B * W * d.M, K, o.fg_l1), o.fg_l1);
+  const bool fixed_shift = bound <= pdcr::fixed_shift_limit<T>();
+  const bool avx2 = cpu_has_avx2_fma();
+  const std::vector<TaskRange> tasks = split(rows);
+#pragma omp parallel
+  {
+    Scratch<T> scratch(o);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ti = 0; ti < static_cast<int64_t>(tasks.size()); ++ti) {
+      const TaskRange& tr = tasks[ti];
+      const ForwardTask<T> task{{fa_p + tr.b * d.N * C, pa_p + tr.b * W * d.N * K, d.N},
+                                &cols[tr.b],
+                                rows[tr.b].data() + tr.start,
+                                inv_n[tr.b].data() + tr.start,
+                                tr.count,
+                                inv_tau,
+                                loss_p + tr.b * d.N,
+                                lse_p + tr.b * d.N * W};
+      if (avx2) {
+        fixed_shift ? forward_avx2<T, true>(task, o, scratch) : forward_avx2<T, false>(task, o, scratch);
+      } else {
+        fixed_shift ? forward_base<T, true>(task, o, scratch) : forward_base<T, false>(task, o, scratch);
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_impl(const at::Tensor& grad_row, const at::Tensor& fa, const at::Tensor& pa, const at::Tensor& fb,
+                   const at::Tensor& pb, const at::Tensor& va, const at::Tensor& vb, const at::Tensor& lse,
+                   const Options& o, Dims d, T inv_tau, at::Tensor& grad_fa, at::Tensor& grad_fb) {
+  const T* g_p = grad_row.data_ptr<T>();
+  const T* fa_p = fa.data_ptr<T>();
+  const T* pa_p = pa.data_ptr<T>();
+  const T* fb_p = fb.data_ptr<T>();
+  const T* pb_p = pb.data_ptr<T>();
+  const bool* va_p = va.data_ptr<bool>();
+  const bool* vb_p = vb.data_ptr<bool>();
+  const T* lse_p = lse.data_ptr<T>();
+  T* gfa_p = grad_fa.data_ptr<T>();
+  T* gfb_p = grad_fb.data_ptr<T>();
+  const int64_t C = o.C, W = o.W, K = o.K;
+
+  // Rows that carry gradient (valid, n_i > 0, g_i != 0), with their coefficient and 1/n_i, and the
+  // valid columns; both as panels (inner side of the other sweep) and as item lists (outer side).
+  std::vector<Panel<T>> cols(d.B), rows(d.B);
+  std::vector<std::vector<T>> coef(d.B), inv_n(d.B);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < d.B; ++b) {
+    cols[b].fill(fb_p + b * d.M * C, pb_p + b * W * d.M * K, d.M, valid_items(vb_p + b * d.M, d.M), C, o.ldf, W, K);
+    std::vector<int64_t> active;
+    for (int64_t i = 0; i < d.N; ++i) {
+      const int64_t n = column_count(o, vb_p + b * d.M, d.M, cols[b].n, i);
+      const T g = g_p[b * d.N + i];
+      if (va_p[b * d.N + i] && n > 0 && g != T(0)) {
+        active.push_back(i);
+        coef[b].push_back(g * inv_tau / T(W));
+        inv_n[b].push_back(T(1) / T(n));
+      }
+    }
+    Panel<T>& p = rows[b];
+    p.fill(fa_p + b * d.N * C, pa_p + b * W * d.N * K, d.N, std::move(active), C, o.ldf, W, K);
+    p.lse.assign(W * p.np, T(0));
+    p.coef.assign(p.np, T(0));
+    p.inv_n.assign(p.np, T(0));
+    for (int64_t t = 0; t < p.n; ++t) {
+      for (int64_t w = 0; w < W; ++w) p.lse[w * p.np + t] = lse_p[(b * d.N + p.idx[t]) * W + w];
+      p.coef[t] = coef[b][t];
+      p.inv_n[t] = inv_n[b][t];
+    }
+  }
+  const bool avx2 = cpu_has_avx2_fma();
+  std::vector<std::vector<int64_t>> row_items(d.B), col_items(d.B);
+  for (int64_t b = 0; b < d.B; ++b) {
+    row_items[b] = rows[b].idx;
+    if (rows[b].n > 0) col_items[b] = cols[b].idx;  // no gradient reaches any column otherwise
+  }
+  const std::vector<TaskRange> row_tasks = split(row_items);
+  const std::vector<TaskRange> col_tasks = split(col_items);
+  const int64_t n_row_tasks = static_cast<int64_t>(row_tasks.size());
+  const int64_t n_tasks = n_row_tasks + static_cast<int64_t>(col_tasks.size());
+#pragma omp parallel
+  {
+    Scratch<T> scratch(o);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ti = 0; ti < n_tasks; ++ti) {
+      if (ti < n_row_tasks) {
+        const TaskRange& tr = row_tasks[ti];
+        const GradTask<T> task{{fa_p + tr.b * d.N * C, pa_p + tr.b * W * d.N * K, d.N},
+                               &cols[tr.b],
+                               row_items[tr.b].data() + tr.start,
+                               tr.count,
+                               inv_tau,
+                               coef[tr.b].data() + tr.start,
+                               inv_n[tr.b].data() + tr.start,
+                               lse_p + tr.b * d.N * W,
+                               gfa_p + tr.b * d.N * C};
+        avx2 ? grad_avx2<T, true>(task, o, scratch) : grad_base<T, true>(task, o, scratch);
+      } else {
+        const TaskRange& tr = col_tasks[ti - n_row_tasks];
+        const GradTask<T> task{{fb_p + tr.b * d.M * C, pb_p + tr.b * W * d.M * K, d.M},
+                               &rows[tr.b],
+                               col_items[tr.b].data() + tr.start,
+                               tr.count,
+                               inv_tau,
+                               nullptr,
+                               nullptr,
+                               nullptr,
+                               gfb_p + tr.b * d.M * C};
+        avx2 ? grad_avx2<T, false>(task, o, scratch) : grad_base<T, false>(task, o, scratch);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Torch glue.
+// ---------------------------------------------------------------------------------------------
+void check_inputs(const at::Tensor& fa, const at::Tensor& pa, const at::Tensor& fb, const at::Tensor& pb,
+                  const at::Tensor& va, const at::Tensor& vb) {
+  AFFSEG_CHECK_FLOAT(fa);
+  AFFSEG_CHECK_DIM(fa, 3);
+  AFFSEG_CHECK_DIM(fb, 3);
+  AFFSEG_CHECK_DIM(pa, 4);
+  AFFSEG_CHECK_DIM(pb, 4);
+  AFFSEG_CHECK_DIM(va, 2);
+  AFFSEG_CHECK_DIM(vb, 2);
+  AFFSEG_CHECK_SAME_DTYPE(fa, fb);
+  AFFSEG_CHECK_SAME_DTYPE(fa, pa);
+  AFFSEG_CHECK_SAME_DTYPE(fa, pb);
+  TORCH_CHECK(va.scalar_type() == at::kBool && vb.scalar_type() == at::kBool, "valid_a and valid_b must be bool");
+  for (const at::Tensor* t : {&fa, &pa, &fb, &pb, &va, &vb}) {
+    AFFSEG_CHECK_DEVICE(*t, at::kCPU);
+    TORCH_CHECK(t->is_contiguous(), "pdcr: every input must be contiguous");
+  }
+  const int64_t B = fa.size(0), N = fa.size(1), C = fa.size(2), M = fb.size(1);
+  TORCH_CHECK(fb.size(0) == B && fb.size(2) == C, "fb must be (B, M, C) with fa's B and C");
+  TORCH_CHECK(pa.size(0) == B && pa.size(2) == N, "phia must be (B, W, N, K)");
+  TORCH_CHECK(pb.size(0) == B && pb.size(1) == pa.size(1) && pb.size(2) == M && pb.size(3) == pa.size(3),
+              "phib must be (B, W, M, K) with phia's W and K");
+  TORCH_CHECK(va.size(0) == B && va.size(1) == N, "valid_a must be (B, N)");
+  TORCH_CHECK(vb.size(0) == B && vb.size(1) == M, "valid_b must be (B, M)");
+  TORCH_CHECK(pa.size(1) >= 1, "pdcr needs at least one window");
+}
+
+Options make_options(const at::Tensor& fa, const at::Tensor& pa, bool swapped, bool fg_l1, bool exclude_self) {
+  const int64_t C = fa.size(2);
+  const int64_t lanes = fa.scalar_type() == at::kFloat ? kLanes<float> : kLanes<double>;
+  const int64_t cp = round_up(C, lanes);
+  // Odd number of 64-byte lines per row, for the same reason as Panel::np.
+  const int64_t ldf = (cp / lanes) % 2 == 0 ? cp + lanes : cp;
+  return Options{C, cp, ldf, pa.size(1), pa.size(3), swapped, fg_l1, exclude_self};
+}
+
+std::tuple<at::Tensor, at::Tensor> pdcr_fwd_cpu(const at::Tensor& fa, const at::Tensor& phia, const at::Tensor& fb,
+                                                const at::Tensor& phib, const at::Tensor& valid_a,
+                                                const at::Tensor& valid_b, double inv_tau, bool swapped, bool fg_l1,
+                                                bool exclude_self) {
+  check_inputs(fa, phia, fb, phib, valid_a, valid_b);
+  const Options o = make_options(fa, phia, swapped, fg_l1, exclude_self);
+  const Dims d{fa.size(0), fa.size(1), fb.size(1)};
+  at::Tensor loss = at::zeros({d.B, d.N}, fa.options());
+  at::Tensor lse = at::full({d.B, d.N, o.W}, -std::numeric_limits<double>::infinity(), fa.options());
+  if (fa.scalar_type() == at::kFloat) {
+    forward_impl<float>(fa, phia, fb, phib, valid_a, valid_b, o, d, static_cast<float>(inv_tau), loss, lse);
+  } else {
+    forward_impl<double>(fa, phia, fb, phib, valid_a, valid_b, o, d, inv_tau, loss, lse);
+  }
+  return {loss, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cpu(const at::Tensor& grad_row, const at::Tensor& fa,
+                                                const at::Tensor& phia, const at::Tensor& fb, const at::Tensor& phib,
+                                                const at::Tensor& valid_a, const at::Tensor& valid_b,
+                                                const at::Tensor& row_lse, double inv_tau, bool swapped, bool fg_l1,
+                                                bool exclude_self) {
+  check_inputs(fa, phia, fb, phib, valid_a, valid_b);
+  const Options o = make_options(fa, phia, swapped, fg_l1, exclude_self);
+  const Dims d{fa.size(0), fa.size(1), fb.size(1)};
+  AFFSEG_CHECK_SAME_DTYPE(fa, grad_row);
+  AFFSEG_CHECK_SAME_DTYPE(fa, row_lse);
+  TORCH_CHECK(grad_row.dim() == 2 && grad_row.size(0) == d.B && grad_row.size(1) == d.N, "grad_row must be (B, N)");
+  TORCH_CHECK(row_lse.dim() == 3 && row_lse.size(0) == d.B && row_lse.size(1) == d.N && row_lse.size(2) == o.W,
+              "row_lse must be (B, N, W)");
+  AFFSEG_CHECK_DEVICE(grad_row, at::kCPU);
+  AFFSEG_CHECK_DEVICE(row_lse, at::kCPU);
+  const at::Tensor g = grad_row.contiguous();
+  const at::Tensor lse = row_lse.contiguous();
+  at::Tensor grad_fa = at::zeros_like(fa);
+  at::Tensor grad_fb = at::zeros_like(fb);
+  if (fa.scalar_type() == at::kFloat) {
+    backward_impl<float>(g, fa, phia, fb, phib, valid_a, valid_b, lse, o, d, static_cast<float>(inv_tau), grad_fa,
+                         grad_fb);
+  } else {
+    backward_impl<double>(g, fa, phia, fb, phib, valid_a, valid_b, lse, o, d, inv_tau, grad_fa, grad_fb);
+  }
+  return {grad_fa, grad_fb};
+}
+
+}  // namespace
+}  // namespace affseg
+
+TORCH_LIBRARY_IMPL(affseg, CPU, m) {
+  m.impl("pdcr_fwd", &affseg::pdcr_fwd_cpu);
+  m.impl("pdcr_bwd", &affseg::pdcr_bwd_cpu);
+}

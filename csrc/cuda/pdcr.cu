@@ -1,0 +1,121 @@
+// Torch glue of the CUDA PDCR kernels (SPEC §3): checks, allocation, current stream, launch.
+// The kernels and their math live in pdcr_kernels.cu and affseg/pdcr_math.h.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "affseg/checks.h"
+#include "pdcr_kernels.h"
+
+namespace affseg {
+namespace {
+
+void check_inputs(const at::Tensor& fa, const at::Tensor& pa, const at::Tensor& fb, const at::Tensor& pb,
+                  const at::Tensor& va, const at::Tensor& vb) {
+  AFFSEG_CHECK_FLOAT(fa);
+  AFFSEG_CHECK_DIM(fa, 3);
+  AFFSEG_CHECK_DIM(fb, 3);
+  AFFSEG_CHECK_DIM(pa, 4);
+  AFFSEG_CHECK_DIM(pb, 4);
+  AFFSEG_CHECK_DIM(va, 2);
+  AFFSEG_CHECK_DIM(vb, 2);
+  AFFSEG_CHECK_SAME_DTYPE(fa, fb);
+  AFFSEG_CHECK_SAME_DTYPE(fa, pa);
+  AFFSEG_CHECK_SAME_DTYPE(fa, pb);
+  TORCH_CHECK(va.scalar_type() == at::kBool && vb.scalar_type() == at::kBool, "valid_a and valid_b must be bool");
+  for (const at::Tensor* t : {&fa, &pa, &fb, &pb, &va, &vb}) {
+    AFFSEG_CHECK_DEVICE(*t, at::kCUDA);
+    TORCH_CHECK(t->device() == fa.device(), "pdcr: every input must be on fa's device");
+    TORCH_CHECK(t->is_contiguous(), "pdcr: every input must be contiguous");
+  }
+  const int64_t B = fa.size(0), N = fa.size(1), C = fa.size(2), M = fb.size(1);
+  TORCH_CHECK(fb.size(0) == B && fb.size(2) == C, "fb must be (B, M, C) with fa's B and C");
+  TORCH_CHECK(pa.size(0) == B && pa.size(2) == N, "phia must be (B, W, N, K)");
+  TORCH_CHECK(pb.size(0) == B && pb.size(1) == pa.size(1) && pb.size(2) == M && pb.size(3) == pa.size(3),
+              "phib must be (B, W, M, K) with phia's W and K");
+  TORCH_CHECK(va.size(0) == B && va.size(1) == N, "valid_a must be (B, N)");
+  TORCH_CHECK(vb.size(0) == B && vb.size(1) == M, "valid_b must be (B, M)");
+  TORCH_CHECK(pa.size(1) >= 1 && pa.size(1) <= 8, "the CUDA pdcr kernel supports 1 to 8 windows, got ", pa.size(1));
+}
+
+template <typename T>
+cuda::PdcrArgs<T> make_args(const at::Tensor& fa, const at::Tensor& pa, const at::Tensor& fb, const at::Tensor& pb,
+                            const at::Tensor& va, const at::Tensor& vb, double inv_tau, bool swapped, bool fg_l1,
+                            bool exclude_self) {
+  return cuda::PdcrArgs<T>{fa.data_ptr<T>(), pa.data_ptr<T>(), fb.data_ptr<T>(), pb.data_ptr<T>(),
+                           va.data_ptr<bool>(), vb.data_ptr<bool>(), fa.size(0), fa.size(1),
+                           fb.size(1), fa.size(2), pa.size(1), pa.size(3),
+                           static_cast<T>(inv_tau), swapped, fg_l1, exclude_self};
+}
+
+std::tuple<at::Tensor, at::Tensor> pdcr_fwd_cuda(const at::Tensor& fa, const at::Tensor& phia, const at::Tensor& fb,
+                                                 const at::Tensor& phib, const at::Tensor& valid_a,
+                                                 const at::Tensor& valid_b, double inv_tau, bool swapped, bool fg_l1,
+                                                 bool exclude_self) {
+  check_inputs(fa, phia, fb, phib, valid_a, valid_b);
+  const c10::cuda::CUDAGuard guard(fa.device());
+  at::Tensor loss = at::zeros({fa.size(0), fa.size(1)}, fa.options());
+  at::Tensor lse = at::full({fa.size(0), fa.size(1), phia.size(1)}, -std::numeric_limits<double>::infinity(),
+                            fa.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaError_t err;
+  if (fa.scalar_type() == at::kFloat) {
+    err = cuda::launch_pdcr_forward(make_args<float>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped, fg_l1,
+                                                     exclude_self),
+                                    loss.data_ptr<float>(), lse.data_ptr<float>(), stream);
+  } else {
+    err = cuda::launch_pdcr_forward(make_args<double>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped, fg_l1,
+                                                      exclude_self),
+                                    loss.data_ptr<double>(), lse.data_ptr<double>(), stream);
+  }
+  TORCH_CHECK(err == cudaSuccess, "pdcr_fwd CUDA launch failed: ", cudaGetErrorString(err));
+  return {loss, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cuda(const at::Tensor& grad_row, const at::Tensor& fa,
+                                                 const at::Tensor& phia, const at::Tensor& fb, const at::Tensor& phib,
+                                                 const at::Tensor& valid_a, const at::Tensor& valid_b,
+                                                 const at::Tensor& row_lse, double inv_tau, bool swapped, bool fg_l1,
+                                                 bool exclude_self) {
+  check_inputs(fa, phia, fb, phib, valid_a, valid_b);
+  AFFSEG_CHECK_SAME_DTYPE(fa, grad_row);
+  AFFSEG_CHECK_SAME_DTYPE(fa, row_lse);
+  AFFSEG_CHECK_DEVICE(grad_row, at::kCUDA);
+  AFFSEG_CHECK_DEVICE(row_lse, at::kCUDA);
+  TORCH_CHECK(grad_row.dim() == 2 && grad_row.size(0) == fa.size(0) && grad_row.size(1) == fa.size(1),
+              "grad_row must be (B, N)");
+  TORCH_CHECK(row_lse.dim() == 3 && row_lse.size(0) == fa.size(0) && row_lse.size(1) == fa.size(1) &&
+                  row_lse.size(2) == phia.size(1),
+              "row_lse must be (B, N, W)");
+  const c10::cuda::CUDAGuard guard(fa.device());
+  const at::Tensor g = grad_row.contiguous();
+  const at::Tensor lse = row_lse.contiguous();
+  at::Tensor grad_fa = at::empty_like(fa);
+  at::Tensor grad_fb = at::empty_like(fb);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaError_t err;
+  if (fa.scalar_type() == at::kFloat) {
+    err = cuda::launch_pdcr_backward(make_args<float>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped, fg_l1,
+                                                      exclude_self),
+                                     g.data_ptr<float>(), lse.data_ptr<float>(), grad_fa.data_ptr<float>(),
+                                     grad_fb.data_ptr<float>(), stream);
+  } else {
+    err = cuda::launch_pdcr_backward(make_args<double>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped,
+                                                       fg_l1, exclude_self),
+                                     g.data_ptr<double>(), lse.data_ptr<double>(), grad_fa.data_ptr<double>(),
+                                     grad_fb.data_ptr<double>(), stream);
+  }
+  TORCH_CHECK(err == cudaSuccess, "pdcr_bwd CUDA launch failed: ", cudaGetErrorString(err));
+  return {grad_fa, grad_fb};
+}
+
+}  // namespace
+}  // namespace affseg
+
+TORCH_LIBRARY_IMPL(affseg, CUDA, m) {
+  m.impl("pdcr_fwd", &affseg::pdcr_fwd_cuda);
+  m.impl("pdcr_bwd", &affseg::pdcr_bwd_cuda);
+}

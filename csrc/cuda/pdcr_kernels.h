@@ -1,0 +1,35 @@
+// Torch-free CUDA launchers of the fused PDCR contrastive term (SPEC §3); kernels in pdcr_kernels.cu.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace affseg {
+namespace cuda {
+
+// Unit rows fa (B,N,C) with ratios pa (B,W,N,K) and mask va (B,N); unit columns fb (B,M,C), pb
+// (B,W,M,K), vb (B,M). Contiguous device memory; intra-layer callers pass the same pointers twice.
+template <typename T>
+struct PdcrArgs {
+  const T* fa;
+  const T* pa;
+  const T* fb;
+  const T* pb;
+  const bool* va;
+  const bool* vb;
+  int64_t B, N, M, C, W, K;
+  T inv_tau;
+  bool swapped, fg_l1, exclude_self;
+};
+
+// loss (B,N): per-row loss, 0 where a row is invalid or has no valid column; lse (B,N,W): −inf there.
+template <typename T>
+cudaError_t launch_pdcr_forward(const PdcrArgs<T>& args, T* loss, T* lse, cudaStream_t stream);
+
+// grad_fa (B,N,C) and grad_fb (B,M,C), zeroed here, from grad_row (B,N) and the forward's lse.
+template <typename T>
+cudaError_t launch_pdcr_backward(const PdcrArgs<T>& args, const T* grad_row, const T* lse, T* grad_fa, T* grad_fb,
+                                 cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace affseg
