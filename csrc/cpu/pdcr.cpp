@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "affseg/checks.h"
+#include "affseg/glue_checks.h"
 
 // From here on (this file's kernels and the math header), FP operations may be assumed not to trap:
 // that lets GCC if-convert the selects of the pair loops and vectorise them. NaN still propagates
@@ -628,33 +629,6 @@ void backward_impl(const at::Tensor& grad_row, const at::Tensor& fa, const at::T
 // ---------------------------------------------------------------------------------------------
 // Torch glue.
 // ---------------------------------------------------------------------------------------------
-void check_inputs(const at::Tensor& fa, const at::Tensor& pa, const at::Tensor& fb, const at::Tensor& pb,
-                  const at::Tensor& va, const at::Tensor& vb) {
-  AFFSEG_CHECK_FLOAT(fa);
-  AFFSEG_CHECK_DIM(fa, 3);
-  AFFSEG_CHECK_DIM(fb, 3);
-  AFFSEG_CHECK_DIM(pa, 4);
-  AFFSEG_CHECK_DIM(pb, 4);
-  AFFSEG_CHECK_DIM(va, 2);
-  AFFSEG_CHECK_DIM(vb, 2);
-  AFFSEG_CHECK_SAME_DTYPE(fa, fb);
-  AFFSEG_CHECK_SAME_DTYPE(fa, pa);
-  AFFSEG_CHECK_SAME_DTYPE(fa, pb);
-  TORCH_CHECK(va.scalar_type() == at::kBool && vb.scalar_type() == at::kBool, "valid_a and valid_b must be bool");
-  for (const at::Tensor* t : {&fa, &pa, &fb, &pb, &va, &vb}) {
-    AFFSEG_CHECK_DEVICE(*t, at::kCPU);
-    TORCH_CHECK(t->is_contiguous(), "pdcr: every input must be contiguous");
-  }
-  const int64_t B = fa.size(0), N = fa.size(1), C = fa.size(2), M = fb.size(1);
-  TORCH_CHECK(fb.size(0) == B && fb.size(2) == C, "fb must be (B, M, C) with fa's B and C");
-  TORCH_CHECK(pa.size(0) == B && pa.size(2) == N, "phia must be (B, W, N, K)");
-  TORCH_CHECK(pb.size(0) == B && pb.size(1) == pa.size(1) && pb.size(2) == M && pb.size(3) == pa.size(3),
-              "phib must be (B, W, M, K) with phia's W and K");
-  TORCH_CHECK(va.size(0) == B && va.size(1) == N, "valid_a must be (B, N)");
-  TORCH_CHECK(vb.size(0) == B && vb.size(1) == M, "valid_b must be (B, M)");
-  TORCH_CHECK(pa.size(1) >= 1, "pdcr needs at least one window");
-}
-
 Options make_options(const at::Tensor& fa, const at::Tensor& pa, bool swapped, bool fg_l1, bool exclude_self) {
   const int64_t C = fa.size(2);
   const int64_t lanes = fa.scalar_type() == at::kFloat ? kLanes<float> : kLanes<double>;
@@ -668,7 +642,7 @@ std::tuple<at::Tensor, at::Tensor> pdcr_fwd_cpu(const at::Tensor& fa, const at::
                                                 const at::Tensor& phib, const at::Tensor& valid_a,
                                                 const at::Tensor& valid_b, double inv_tau, bool swapped, bool fg_l1,
                                                 bool exclude_self) {
-  check_inputs(fa, phia, fb, phib, valid_a, valid_b);
+  check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCPU);
   const Options o = make_options(fa, phia, swapped, fg_l1, exclude_self);
   const Dims d{fa.size(0), fa.size(1), fb.size(1)};
   at::Tensor loss = at::zeros({d.B, d.N}, fa.options());
@@ -686,7 +660,7 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cpu(const at::Tensor& grad_row, cons
                                                 const at::Tensor& valid_a, const at::Tensor& valid_b,
                                                 const at::Tensor& row_lse, double inv_tau, bool swapped, bool fg_l1,
                                                 bool exclude_self) {
-  check_inputs(fa, phia, fb, phib, valid_a, valid_b);
+  check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCPU);
   const Options o = make_options(fa, phia, swapped, fg_l1, exclude_self);
   const Dims d{fa.size(0), fa.size(1), fb.size(1)};
   AFFSEG_CHECK_SAME_DTYPE(fa, grad_row);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "affseg/checks.h"
+#include "affseg/glue_checks.h"
 #include "affseg/cpu_isa.h"
 
 // The kernels below (and the math header they inline) never read floating-point exception flags, so
@@ -302,18 +303,8 @@ void cos_lse_backward(const at::Tensor& f, const at::Tensor& valid, const T* gra
   backward_baseline<T>(a, coef.data(), colmask.data(), lse, grad_f);
 }
 
-void check_inputs(const at::Tensor& f, const at::Tensor& valid) {
-  AFFSEG_CHECK_FLOAT(f);
-  AFFSEG_CHECK_DIM(f, 3);
-  AFFSEG_CHECK_DEVICE(f, at::kCPU);
-  TORCH_CHECK(valid.scalar_type() == at::kBool, "valid must be bool, got ", valid.scalar_type());
-  TORCH_CHECK(valid.dim() == 2 && valid.size(0) == f.size(0) && valid.size(1) == f.size(1),
-              "valid must be (B, N) matching f ", f.sizes(), ", got ", valid.sizes());
-  AFFSEG_CHECK_DEVICE(valid, at::kCPU);
-}
-
 at::Tensor cos_lse_fwd_cpu(const at::Tensor& f_in, const at::Tensor& valid_in, double inv_tau) {
-  check_inputs(f_in, valid_in);
+  check_cos_lse_inputs(f_in, valid_in, at::kCPU);
   const at::Tensor f = f_in.contiguous();
   const at::Tensor valid = valid_in.contiguous();
   const int64_t B = f.size(0), N = f.size(1);
@@ -326,11 +317,7 @@ at::Tensor cos_lse_fwd_cpu(const at::Tensor& f_in, const at::Tensor& valid_in, d
 
 at::Tensor cos_lse_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& f_in, const at::Tensor& valid_in,
                            const at::Tensor& lse_in, double inv_tau) {
-  check_inputs(f_in, valid_in);
-  AFFSEG_CHECK_SAME_DTYPE(grad_in, f_in);
-  AFFSEG_CHECK_SAME_DTYPE(lse_in, f_in);
-  TORCH_CHECK(grad_in.sizes() == valid_in.sizes() && lse_in.sizes() == valid_in.sizes(),
-              "grad_lse and lse must be (B, N) like valid");
+  check_cos_lse_bwd_inputs(grad_in, f_in, valid_in, lse_in, at::kCPU);
   const at::Tensor f = f_in.contiguous();
   const at::Tensor valid = valid_in.contiguous();
   const at::Tensor grad = grad_in.contiguous();

@@ -7,23 +7,14 @@
 #include <torch/library.h>
 
 #include "affseg/checks.h"
+#include "affseg/glue_checks.h"
 #include "supcon_kernels.h"
 
 namespace affseg {
 namespace {
 
-void check_inputs(const at::Tensor& f, const at::Tensor& valid) {
-  AFFSEG_CHECK_FLOAT(f);
-  AFFSEG_CHECK_DIM(f, 3);
-  AFFSEG_CHECK_DEVICE(f, at::kCUDA);
-  TORCH_CHECK(valid.scalar_type() == at::kBool, "valid must be bool, got ", valid.scalar_type());
-  TORCH_CHECK(valid.dim() == 2 && valid.size(0) == f.size(0) && valid.size(1) == f.size(1),
-              "valid must be (B, N) matching f ", f.sizes(), ", got ", valid.sizes());
-  TORCH_CHECK(valid.device() == f.device(), "valid must be on the device of f");
-}
-
 at::Tensor cos_lse_fwd_cuda(const at::Tensor& f_in, const at::Tensor& valid_in, double inv_tau) {
-  check_inputs(f_in, valid_in);
+  check_cos_lse_inputs(f_in, valid_in, at::kCUDA);
   const c10::cuda::CUDAGuard guard(f_in.device());
   const at::Tensor f = f_in.contiguous();
   const at::Tensor valid = valid_in.contiguous();
@@ -40,11 +31,7 @@ at::Tensor cos_lse_fwd_cuda(const at::Tensor& f_in, const at::Tensor& valid_in, 
 
 at::Tensor cos_lse_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& f_in, const at::Tensor& valid_in,
                             const at::Tensor& lse_in, double inv_tau) {
-  check_inputs(f_in, valid_in);
-  AFFSEG_CHECK_SAME_DTYPE(grad_in, f_in);
-  AFFSEG_CHECK_SAME_DTYPE(lse_in, f_in);
-  TORCH_CHECK(grad_in.sizes() == valid_in.sizes() && lse_in.sizes() == valid_in.sizes(),
-              "grad_lse and lse must be (B, N) like valid");
+  check_cos_lse_bwd_inputs(grad_in, f_in, valid_in, lse_in, at::kCUDA);
   const c10::cuda::CUDAGuard guard(f_in.device());
   const at::Tensor f = f_in.contiguous();
   const at::Tensor valid = valid_in.contiguous();
