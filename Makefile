@@ -1,5 +1,6 @@
-# Two entry points (see README): `make run` (the main job) and `make test`. Both create .venv and
-# install affseg into it on first use, and rebuild the extension when csrc/ changes.
+# The README's two entry points: `make run` (the main job) and `make test` (what CI runs). Each one
+# creates .venv and installs affseg into it on first use, and rebuilds the extension when csrc/
+# changes. `make bench` rewrites benchmarks/RESULTS.md.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,9 +18,13 @@ $(STAMP): $(SOURCES)
 run: $(STAMP)
 	$(VENV)/bin/affseg info
 	$(VENV)/bin/affseg example
+	$(VENV)/bin/affseg bench --quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf build *.egg-info affseg/_C*.so
