@@ -2,11 +2,12 @@
 
 Each script runs in its own process (so that one case's peak memory does not hide another's):
 `affseg bench` (the user-facing side-by-side table) and every benchmarks/bench_*.py `main()`, which
-write benchmarks/results/<name>.md and .csv. RESULTS.md is the machine description followed by
-those tables, in that order.
+write benchmarks/results/<name>.md and .csv. RESULTS.md is the machine description, those tables,
+then the hand-written benchmarks/LIMITS.md (what bounds each figure).
 
     .venv/bin/python benchmarks/run_all.py            # all benchmarks (~15-30 min on 2 cores)
     .venv/bin/python benchmarks/run_all.py --only pdcr
+    .venv/bin/python benchmarks/run_all.py --assemble-only   # no measuring
 """
 from __future__ import annotations
 
@@ -54,10 +55,13 @@ def _machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default=None, help="run only benchmarks/bench_<ONLY>.py")
+    parser.add_argument("--assemble-only", action="store_true", help="rewrite RESULTS.md from benchmarks/results/")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     scripts = sorted(HERE.glob("bench_*.py"))
-    if args.only:
+    if args.assemble_only:
+        scripts = []
+    elif args.only:
         scripts = [s for s in scripts if s.stem == f"bench_{args.only}"]
     else:
         with open(RESULTS / "affseg_bench.md", "w") as out:
@@ -70,6 +74,9 @@ def main() -> int:
         subprocess.run([sys.executable, str(script)], check=True)
     sections = sorted(RESULTS.glob("*.md"), key=lambda p: (p.stem != "affseg_bench", p.stem))
     body = "\n".join(p.read_text().rstrip() + "\n" for p in sections)
+    limits = HERE / "LIMITS.md"  # hand-written: what bounds each figure; kept across regenerations
+    if limits.exists():
+        body += "\n" + limits.read_text()
     (HERE / "RESULTS.md").write_text(
         "# Benchmark results\n\nWritten by `benchmarks/run_all.py`; every table was measured in one run, side by side, "
         "on this machine:\n\n" + _machine() + "\nNo GPU figure appears unless it was measured on a GPU.\n\n" + body
