@@ -107,7 +107,10 @@ def patch_affinity(phi_a, phi_b=None, *, divergence="tv"):
         divergence: ``"tv"`` or ``"fg_l1"``.
 
     Returns:
-        The affinity matrix, ``(B, N, M)`` or ``(B, W, N, M)``.
+        The affinity matrix.
+
+    Shape:
+        phi_a ``(B, N, K)`` -> ``(B, N, M)``; phi_a ``(B, W, N, K)`` -> ``(B, W, N, M)``.
 
     Raises:
         TypeError: non-floating inputs. ValueError: mismatched shapes or devices, unknown divergence.
