@@ -8,6 +8,7 @@ import torch
 
 import affseg
 from affseg import reference
+from isa_paths import ISAS, assert_passes_under
 
 BACKENDS = ["cpu", "triton"]
 # The interpreter evaluates masked-off lanes too (numpy warns on their −inf padding); stores drop them.
@@ -205,14 +206,6 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+@pytest.mark.parametrize("isa", ISAS)
 def test_every_cpu_simd_path(isa):
-    # The CPU kernel picks its widest SIMD build at load time; AFFSEG_CPU_ISA caps it, so run the
-    # narrower builds in a fresh process (the loaded library has already chosen).
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, AFFSEG_CPU_ISA=isa)
-    proc = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert_passes_under(isa, _ISA_SCRIPT)

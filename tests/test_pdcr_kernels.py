@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import affseg
+from isa_paths import ISAS, assert_passes_under
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -318,3 +319,31 @@ def test_cuda_matches_reference(dtype):
             results[backend] = [loss.detach()] + grads
         for r, o in zip(results["reference"], results["cuda"]):
             torch.testing.assert_close(o, r, **TOL[dtype])
+
+
+_ISA_SCRIPT = """
+import torch
+import affseg
+from affseg import reference
+torch.manual_seed(0)
+for dtype, tol in ((torch.float32, dict(rtol=1e-4, atol=1e-5)), (torch.float64, dict(rtol=1e-10, atol=1e-12))):
+    for n, m, orientation, divergence in ((100, None, "paper", "tv"), (37, 61, "swapped", "fg_l1")):
+        feats = torch.randn(2, n, 33, dtype=dtype, requires_grad=True)
+        phi = torch.rand(2, 3, n, 3, dtype=dtype).softmax(-1)
+        kw = dict(orientation=orientation, divergence=divergence, tau=0.3)
+        if m is not None:
+            kw.update(feats_b=torch.randn(2, m, 33, dtype=dtype, requires_grad=True),
+                      phi_b=torch.rand(2, 3, m, 3, dtype=dtype).softmax(-1))
+        leaves = [feats] + ([kw["feats_b"]] if m is not None else [])
+        got = affseg.pdcr_loss_from_ratios(feats, phi, backend="cpu", **kw)
+        want = reference.pdcr_loss_from_ratios(feats, phi, **kw)
+        torch.testing.assert_close(got, want, **tol)
+        for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
+            torch.testing.assert_close(a, b, **tol)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_cpu_simd_path(isa):
+    assert_passes_under(isa, _ISA_SCRIPT)

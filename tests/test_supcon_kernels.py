@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import affseg
 from affseg import reference
+from isa_paths import ISAS, assert_passes_under
 
 BACKENDS = ["cpu", "triton"]
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -188,3 +189,24 @@ def test_cuda_backends_match_reference(backend, dtype):
     _check(features, labels, backend, ignore_index=-1, tau=0.1)
     soft = torch.softmax(torch.randn(300, 4, dtype=dtype, device="cuda"), dim=-1)
     _check(features[0], soft, backend, reduction="none")
+
+
+_ISA_SCRIPT = """
+import torch
+import affseg
+from affseg import reference
+torch.manual_seed(0)
+for dtype, tol in ((torch.float32, dict(rtol=1e-4, atol=1e-5)), (torch.float64, dict(rtol=1e-10, atol=1e-12))):
+    for labels in (torch.randint(0, 4, (2, 300)), torch.rand(2, 300, 4, dtype=dtype).softmax(-1)):
+        emb = torch.randn(2, 300, 33, dtype=dtype, requires_grad=True)
+        got = affseg.soft_supcon_loss(emb, labels, tau=0.2, backend="cpu")
+        want = reference.soft_supcon_loss(emb, labels, tau=0.2)
+        torch.testing.assert_close(got, want, **tol)
+        torch.testing.assert_close(torch.autograd.grad(got, emb)[0], torch.autograd.grad(want, emb)[0], **tol)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_cpu_simd_path(isa):
+    assert_passes_under(isa, _ISA_SCRIPT)

@@ -8,6 +8,7 @@ import torch
 
 import affseg
 from affseg import reference
+from isa_paths import ISAS, assert_passes_under
 
 BACKENDS = ["cpu", "triton"]
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -166,14 +167,6 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+@pytest.mark.parametrize("isa", ISAS)
 def test_every_cpu_simd_path(isa):
-    # The CPU kernels pick their widest SIMD build at load time; AFFSEG_CPU_ISA caps it, so run the
-    # narrower builds in a fresh process (the loaded library has already chosen).
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, AFFSEG_CPU_ISA=isa)
-    proc = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert_passes_under(isa, _ISA_SCRIPT)

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "affseg/checks.h"
+#include "affseg/cpu_isa.h"
 #include "affseg/glue_checks.h"
 
 // From here on (this file's kernels and the math header), FP operations may be assumed not to trap:
@@ -54,8 +55,9 @@ constexpr int64_t kTile = 256;  // inner items per tile (a multiple of kLanes)
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// AVX2+FMA build of the tile loops, unless the CPU lacks it or AFFSEG_CPU_ISA=baseline caps it.
 bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = cpu::simd_level() >= 1;
   return has;
 }
 
