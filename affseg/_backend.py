@@ -6,7 +6,9 @@ raises RuntimeError saying why, never a silent fallback.
 """
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 import torch
 
@@ -37,6 +39,19 @@ def register_triton(op: str) -> None:
 def triton_import_error(message: str) -> None:
     if message not in _TRITON_ERROR:
         _TRITON_ERROR.append(message)
+
+
+def load_triton_kernels(family: str) -> ModuleType | None:
+    """``affseg.kernels.<family>``, or None (recording why for `affseg info`) when Triton cannot load.
+
+    Triton raises ImportError when it is missing and RuntimeError when its driver set-up fails;
+    either way affseg still imports and the other backends keep working.
+    """
+    try:
+        return importlib.import_module(f"affseg.kernels.{family}")
+    except (ImportError, RuntimeError) as exc:
+        triton_import_error(f"Triton could not be imported ({exc})")
+        return None
 
 
 def triton_interpreting() -> bool:

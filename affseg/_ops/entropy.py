@@ -33,11 +33,7 @@ if _extension.HAS_C:
         return _empty_outputs(logits, patch_size, shannon, class_mask)
 
 
-try:
-    from affseg.kernels import entropy as _kernels
-except ImportError as exc:
-    _kernels = None
-    _backend.triton_import_error(f"triton could not be imported ({exc})")
+_kernels = _backend.load_triton_kernels("entropy")
 
 if _kernels is not None:
 

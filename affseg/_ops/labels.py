@@ -27,11 +27,7 @@ if _extension.HAS_C:
         return _empty_outputs(labels, centers, window_sizes, num_classes)
 
 
-try:
-    from affseg.kernels import labels as _kernels
-except ImportError as exc:
-    _kernels = None
-    _backend.triton_import_error(f"triton could not be imported ({exc})")
+_kernels = _backend.load_triton_kernels("labels")
 
 if _kernels is not None:
 

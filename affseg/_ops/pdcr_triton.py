@@ -15,11 +15,7 @@ from torch import Tensor
 
 from affseg import _backend
 
-try:
-    from affseg.kernels import pdcr as _kernels
-except (ImportError, RuntimeError) as exc:
-    _backend.triton_import_error(f"Triton could not be imported ({exc})")
-    _kernels = None
+_kernels = _backend.load_triton_kernels("pdcr")
 
 
 if _kernels is not None:

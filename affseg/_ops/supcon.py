@@ -44,11 +44,7 @@ if _extension.HAS_C:
     )
 
 
-try:
-    from affseg.kernels import supcon as _kernels
-except ImportError as exc:
-    _kernels = None
-    _backend.triton_import_error(f"triton could not be imported ({exc})")
+_kernels = _backend.load_triton_kernels("supcon")
 
 if _kernels is not None:
 

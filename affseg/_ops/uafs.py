@@ -41,11 +41,7 @@ if _extension.HAS_C:
     torch.library.register_autograd("affseg::uafs_fwd", _uafs_backward, setup_context=_setup_context)
 
 
-try:
-    from affseg.kernels import uafs as _kernels
-except ImportError as exc:
-    _kernels = None
-    _backend.triton_import_error(f"triton could not be imported ({exc})")
+_kernels = _backend.load_triton_kernels("uafs")
 
 if _kernels is not None:
 
