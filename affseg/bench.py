@@ -180,12 +180,17 @@ def run(device: str = "cpu", quick: bool = False, repeats: int = 5, csv_path: st
         rows.append(row)
         print(format_row(row), flush=True)
     if csv_path:
-        os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(csv_path, rows)
     return rows
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    """Write benchmark rows (dicts sharing the first row's keys) to `path`, creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 HEADER = (

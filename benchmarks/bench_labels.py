@@ -8,7 +8,6 @@ extra memory as in benchmarks/bench_supcon.py (resident-set high-water mark rise
 """
 from __future__ import annotations
 
-import csv
 import pathlib
 import sys
 
@@ -39,11 +38,7 @@ def main(side: int = 256, repeats: int = 7) -> int:
         rows.append({"provider": name, "labels": f"2x{side}x{side}", "centres": centers.shape[1],
                      "windows": "5/7/9", "ms": round(ms, 2), "peak_extra_mib": round(mib, 1)})
         print(rows[-1], flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    bench.write_csv(RESULTS / "labels.csv", rows)
     lines = [
         f"## patch_label_ratios, labels (2, {side}, {side}), 4 classes, windows 5/7/9, "
         f"{centers.shape[1]} centres per image (CPU, {torch.get_num_threads()} threads)",

@@ -18,7 +18,6 @@ uafs fwd+bwd ≤ 1/2 of the reference's time with no full-size temporary beyond 
 """
 from __future__ import annotations
 
-import csv
 import pathlib
 import statistics
 import sys
@@ -130,11 +129,7 @@ def main(repeats: int = 25) -> int:
     counts = sorted({torch.get_num_threads(), 1}, reverse=True)
     rows = [row for threads in counts for row in _measure(repeats, threads)]
     out_mib = next(r["outputs_mib"] for r in rows if r["outputs_mib"] != "")
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "patch_stats.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    bench.write_csv(RESULTS / "patch_stats.csv", rows)
     lines = [
         f"## patch_entropy and uafs_reweight (CPU, float32, {' and '.join(map(str, counts))} threads)",
         "",

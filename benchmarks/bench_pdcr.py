@@ -23,7 +23,6 @@ a single call after the warm-up (the other sizes: median of `repeats`).
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import pathlib
@@ -122,11 +121,7 @@ def main(sizes=(1024, 4096, 16384, 65536), repeats: int = 3) -> int:
                 print(rows[-1], flush=True)
         if "reference" in losses:
             assert math.isclose(losses["cpu"], losses["reference"], rel_tol=1e-4), losses
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "pdcr.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    bench.write_csv(RESULTS / "pdcr.csv", rows)
     # The OpenMP kernel uses every core, so other processes on the machine slow it down far more than
     # their share (threads wait at barriers for a descheduled peer): the load average goes in the table.
     table = _markdown(rows, (load_start, os.getloadavg()[0]))

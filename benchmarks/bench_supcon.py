@@ -13,7 +13,6 @@ saved tensors, temporaries, the gradient), not just torch's allocator.
 """
 from __future__ import annotations
 
-import csv
 import pathlib
 import sys
 
@@ -73,11 +72,7 @@ def main(n: int = 8192, c: int = 64, repeats: int = 3) -> int:
         print(rows[-1], flush=True)
     assert abs(losses["cpu"] - losses["reference"]) <= 1e-4 * abs(losses["reference"]), losses
     ref = rows[0]
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "supcon.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    bench.write_csv(RESULTS / "supcon.csv", rows)
     lines = [
         f"## soft_supcon_loss fwd+bwd, N={n}, C={c}, B=1, 4 classes (CPU, {torch.get_num_threads()} threads)",
         "",

@@ -33,3 +33,13 @@ def test_every_case_builds_and_runs_on_reference():
         leaves = out if isinstance(out, tuple) else (out,)
         assert all(torch.isfinite(t.float()).all() for t in leaves)
     assert math.isfinite(bench.median_ms(lambda: None, torch.device("cpu"), repeats=1))
+
+
+def test_write_csv_creates_the_folder_and_round_trips(tmp_path):
+    import csv
+
+    rows = [{"op": "a", "ms": 1.5}, {"op": "b", "ms": 2.0}]
+    path = tmp_path / "results" / "x.csv"
+    bench.write_csv(path, rows)
+    with open(path, newline="") as f:
+        assert list(csv.DictReader(f)) == [{"op": "a", "ms": "1.5"}, {"op": "b", "ms": "2.0"}]
