@@ -22,11 +22,11 @@ def _triton_version() -> str:
 
 
 def _device_for(backend: str) -> torch.device:
-    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cuda", 0)
-    if backend == "triton" and not _backend.triton_interpreting():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """Where a backend's kernels run here: Triton runs on CPU tensors only in the interpreter."""
+    on_gpu = backend == "cuda" or (
+        backend == "triton" and (torch.cuda.is_available() or not _backend.triton_interpreting())
+    )
+    return torch.device("cuda" if on_gpu else "cpu")
 
 
 def backend_table() -> dict[str, dict[str, str]]:

@@ -226,7 +226,9 @@ def test_semi_agcl_loss_combines_terms_with_rampup():
 # ---------------------------------------------------------------- info / CLI
 
 def test_info_is_truthful():
-    table = affseg.info.backend_table() if hasattr(affseg, "info") else __import__("affseg.info").info.backend_table()
+    from affseg import info
+
+    table = info.backend_table()
     assert all(v == "yes" for v in table["reference"].values())
     for op, status in table["cpu"].items():
         c_op = _backend._C_OPS[op]
