@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.affseg-installed
 SOURCES := setup.py pyproject.toml requirements.txt $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: run test bench clean
+.PHONY: run test bench gpu-check clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# On a GPU machine, with its system python3 (torch + triton preinstalled, no network): build the CUDA
+# extension, run the cuda and Triton tests, time every fused op; writes benchmarks/RESULTS-gpu.md.
+gpu-check:
+	python3 benchmarks/gpu_check.py
 
 clean:
 	rm -rf build *.egg-info affseg/_C*.so

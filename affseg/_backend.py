@@ -1,13 +1,16 @@
 """Backend selection (SPEC §8): `backend=` argument > AFFSEG_BACKEND > "auto".
 
-"auto" picks Triton, then CUDA, on CUDA tensors and the C++ kernel on CPU tensors; an op with no
-fused kernel for that device yet falls back to the reference. An explicit backend that cannot run
-raises RuntimeError saying why, never a silent fallback.
+Each backend declares what it takes (:class:`Limits`: the largest C, W, K or M, the dtypes).
+"auto" picks the first backend that can take the call: on CUDA tensors Triton, then CUDA C++, then
+the reference; on CPU tensors C++, then the reference. An explicit backend that is not available
+raises RuntimeError saying why; one that is available but cannot take this call raises ValueError
+naming the limit. Both happen before any kernel runs, and both name the public op the user called.
 """
 from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import dataclass, fields
 from types import ModuleType
 
 import torch
@@ -23,17 +26,84 @@ _C_OPS = {
     "soft_supcon_loss": "cos_lse_fwd",
     "patch_entropy": "patch_entropy",
     "uafs_reweight": "uafs_fwd",
-    "affinity_graph_loss": None,
-    "mixed_negative_infonce": None,
+    "affinity_graph_loss": "affinity_matrix",
+    "mixed_negative_infonce": "hard_negatives",
+}
+OPS = tuple(_C_OPS)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one backend takes for one op; None means no limit.
+
+    Attributes:
+        channels: largest feature dim C.
+        windows: largest number of label windows W.
+        classes: largest number of classes K.
+        att_channels: largest number of attention channels M (UAFS).
+        batch: largest batch B (a CUDA grid axis of at most 65,535 blocks).
+        hard: largest hard-negative list n_hard (Semi-AGCL).
+        queue: largest negative queue Q.
+        dtypes: floating dtypes taken (None: every floating dtype; the op casts).
+    """
+
+    channels: int | None = None
+    windows: int | None = None
+    classes: int | None = None
+    att_channels: int | None = None
+    batch: int | None = None
+    hard: int | None = None
+    queue: int | None = None
+    dtypes: tuple[torch.dtype, ...] | None = None
+
+    _SIZES = {"channels": "C", "windows": "W", "classes": "K", "att_channels": "M", "batch": "B", "hard": "n_hard",
+              "queue": "Q"}
+
+    def violation(self, dtype: torch.dtype | None = None, **sizes: int) -> str | None:
+        """Why a call with these sizes cannot run here, or None when it can."""
+        for name, value in sizes.items():
+            limit = getattr(self, name)
+            if limit is not None and value is not None and value > limit:
+                return f"it takes {self._SIZES[name]} <= {limit}, got {self._SIZES[name]}={value}"
+        if dtype is not None and self.dtypes is not None and dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            return f"it takes dtypes {names}, got {str(dtype).replace('torch.', '')}"
+        return None
+
+    def describe(self) -> str:
+        parts = [f"{self._SIZES[f.name]} <= {getattr(self, f.name)}" for f in fields(self)
+                 if f.name in self._SIZES and getattr(self, f.name) is not None]
+        if self.dtypes is not None:
+            parts.append("/".join(str(d).replace("torch.", "") for d in self.dtypes))
+        return ", ".join(parts) or "no limit"
+
+
+NO_LIMITS = Limits()
+
+# The C++ kernels' limits, as their sources state them (csrc/cuda/pdcr_kernels.h kPdcrMaxWindows and
+# kPdcrMaxBatch, supcon_kernels.h kCosLseMaxBatch, entropy_kernels.h kEntropyMaxClasses and the
+# grid check in entropy.cu). The C++ CPU kernels take any C, W, K and B.
+_C_LIMITS = {
+    ("cuda", "pdcr_loss_from_ratios"): Limits(windows=8, batch=65535),
+    ("cuda", "soft_supcon_loss"): Limits(batch=65535),
+    ("cuda", "patch_entropy"): Limits(classes=2048, batch=65535),
 }
 
-# Public ops with a Triton launcher; filled by affseg._ops.* when their kernels import.
-_TRITON_OPS: set[str] = set()
+# Public ops with a Triton launcher, and its module's declared LIMITS; filled by affseg._ops.*.
+_TRITON_LIMITS: dict[str, Limits] = {}
 _TRITON_ERROR: list[str] = []
+_LIMIT_KEYS = {f.name for f in fields(Limits)}
 
 
-def register_triton(op: str) -> None:
-    _TRITON_OPS.add(op)
+def register_triton(op: str, kernels: ModuleType) -> None:
+    """Declare that `op` has a Triton launcher in `kernels`, taking what its ``LIMITS`` dict says."""
+    declared = dict(getattr(kernels, "LIMITS", {}))
+    unknown = set(declared) - _LIMIT_KEYS
+    if unknown:
+        raise ValueError(f"{kernels.__name__}.LIMITS has unknown keys {sorted(unknown)}")
+    if "dtypes" in declared:
+        declared["dtypes"] = tuple(declared["dtypes"])
+    _TRITON_LIMITS[op] = Limits(**declared)
 
 
 def triton_import_error(message: str) -> None:
@@ -58,8 +128,15 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def limits(op: str, backend: str) -> Limits:
+    """What `backend` takes for `op` (the reference takes everything)."""
+    if backend == "triton":
+        return _TRITON_LIMITS.get(op, NO_LIMITS)
+    return _C_LIMITS.get((backend, op), NO_LIMITS)
+
+
 def available(op: str, backend: str, device: torch.device) -> tuple[bool, str]:
-    """Whether `backend` can run `op` on `device`, and if not, why."""
+    """Whether `backend` can run `op` on `device` at all, and if not, why."""
     if backend == "reference":
         return True, ""
     if backend in ("cpu", "cuda"):
@@ -74,35 +151,64 @@ def available(op: str, backend: str, device: torch.device) -> tuple[bool, str]:
             return False, f"affseg's {backend.upper()} kernel for {op} is not built yet"
         return True, ""
     if backend == "triton":
-        if _TRITON_ERROR and not _TRITON_OPS:
+        if _TRITON_ERROR and not _TRITON_LIMITS:
             return False, "; ".join(_TRITON_ERROR)
         if device.type != "cuda" and not triton_interpreting():
             return False, (
                 f"Triton kernels need CUDA tensors (got {device}); on CPU they run only under the "
                 "Triton interpreter (TRITON_INTERPRET=1 set before importing affseg)"
             )
-        if op not in _TRITON_OPS:
+        if op not in _TRITON_LIMITS:
             return False, f"affseg's Triton kernel for {op} is not built yet"
         return True, ""
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def resolve(op: str, backend: str | None, device: torch.device) -> str:
-    """The concrete backend that runs `op` on `device`.
+def _violation(op: str, backend: str, device: torch.device, dtype, sizes) -> str | None:
+    if backend == "reference":
+        return None
+    if backend == "triton" and device.type != "cuda" and dtype == torch.bfloat16:
+        # The interpreter runs tl.dot on raw bf16 bits and truncates casts (BUILDING.md).
+        return "the Triton interpreter computes bfloat16 wrongly"
+    return limits(op, backend).violation(dtype, **sizes)
 
-    Under torch.compile the answer is computed once at trace time and baked into the graph as a
-    constant (it only depends on the build, the environment and the device), so
-    `torch.compile(fullgraph=True)` can trace through the public API.
+
+def resolve(op: str, backend: str | None, device: torch.device, *, caller: str | None = None,
+            dtype: torch.dtype | None = None, **sizes: int) -> str:
+    """The concrete backend that runs `op` on `device` for a call of this dtype and these sizes.
+
+    Args:
+        op: the op family (a key of ``_C_OPS``).
+        backend: ``backend=`` as the user gave it (None: "auto").
+        device: where the inputs live.
+        caller: the public function the user called, named in messages (default: `op`).
+        dtype: the inputs' floating dtype, checked against the backends' declared dtypes.
+        **sizes: ``channels``, ``windows``, ``classes``, ``att_channels`` of the call.
+
+    Which backends exist depends only on the build, the environment and the device, so under
+    torch.compile that part is computed once at trace time and baked in as a constant
+    (`torch.compile(fullgraph=True)` traces through the public API); the limit checks compare
+    static sizes.
     """
+    caller = caller or op
     if backend is None:
         backend = "auto"
     if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return _resolve(op, backend, device.type, -1 if device.index is None else device.index)
+        raise ValueError(f"affseg.{caller}: backend must be one of {BACKENDS}, got {backend!r}")
+    candidates = _candidates(op, backend, device.type, -1 if device.index is None else device.index, caller)
+    candidates = candidates.split(",")
+    for candidate in candidates:
+        why = _violation(op, candidate, device, dtype, sizes)
+        if why is None:
+            return candidate
+        if len(candidates) == 1:
+            raise ValueError(f"affseg.{caller}: backend {candidate!r} cannot take this call: {why}")
+    raise AssertionError("the reference takes every call")  # "auto" always ends with the reference
 
 
 @torch.compiler.assume_constant_result
-def _resolve(op: str, backend: str, device_type: str, device_index: int) -> str:
+def _candidates(op: str, backend: str, device_type: str, device_index: int, caller: str) -> str:
+    """Comma-joined backends to try in order: the one asked for, or auto's available ones."""
     device = torch.device(device_type) if device_index < 0 else torch.device(device_type, device_index)
     if backend == "auto":
         env = os.environ.get("AFFSEG_BACKEND", "").strip()
@@ -111,11 +217,9 @@ def _resolve(op: str, backend: str, device_type: str, device_index: int) -> str:
                 raise ValueError(f"AFFSEG_BACKEND must be one of {BACKENDS}, got {env!r}")
             backend = env
     if backend == "auto":
-        for candidate in (("triton", "cuda") if device.type == "cuda" else ("cpu",)):
-            if available(op, candidate, device)[0]:
-                return candidate
-        return "reference"
+        order = ("triton", "cuda") if device.type == "cuda" else ("cpu",)
+        return ",".join([b for b in order if available(op, b, device)[0]] + ["reference"])
     ok, why = available(op, backend, device)
     if not ok:
-        raise RuntimeError(f"affseg: backend {backend!r} cannot run {op}: {why}")
+        raise RuntimeError(f"affseg.{caller}: backend {backend!r} cannot run {op}: {why}")
     return backend

@@ -21,6 +21,22 @@ def compiled_with_openmp() -> bool:
     return HAS_C and bool(torch.ops.affseg._compiled_with_openmp())
 
 
+def cpu_isa() -> str:
+    """The SIMD level the C++ CPU kernels run at ("baseline", "avx2", "avx512"), after AFFSEG_CPU_ISA."""
+    return str(torch.ops.affseg._cpu_isa())
+
+
+def has_op(op: str) -> bool:
+    """Whether this build of affseg._C defines the schema ``affseg::<op>`` (an older build may not)."""
+    if not HAS_C:
+        return False
+    try:
+        torch._C._get_schema(f"affseg::{op}", "")
+        return True
+    except RuntimeError:
+        return False
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether `torch.ops.affseg.<op>` has a kernel registered for `dispatch_key` ("CPU", "CUDA")."""
     if not HAS_C:

@@ -1,6 +1,6 @@
 """Result types shared by every backend of affseg."""
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from torch import Tensor
 
@@ -25,3 +25,22 @@ class PatchStats(NamedTuple):
     entropy: Tensor
     mean_conf: Tensor
     count: Tensor
+
+
+class PatchSample(NamedTuple):
+    """Patches chosen by :func:`affseg.sample_patches`, grouped by class, best first.
+
+    Attributes:
+        batch: ``(S,)`` int64 image index of each sampled tile.
+        tile: ``(S, ndim)`` int64 tile coordinates (tile ``t`` covers pixels ``t·p … t·p + p − 1``).
+        cls: ``(S,)`` int64 class the tile was sampled for.
+        score: ``(S,)`` the metric that ranked it (entropy: lower is better; confidence and
+            cosine: higher is better).
+        probs: ``(S, K)`` ŷ, the mean softmax over the tile's pixels of class ``cls``.
+    """
+
+    batch: Tensor
+    tile: Tensor
+    cls: Tensor
+    score: Tensor
+    probs: Optional[Tensor]

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from affseg._reduce import REDUCTIONS
+
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -120,7 +122,7 @@ def int_tuple(value, name: str, length: int | None = None, minimum: int = 1) -> 
 
 
 def reduction(value) -> str:
-    return choice(value, "reduction", ("mean", "sum", "none"))
+    return choice(value, "reduction", REDUCTIONS)
 
 
 def labels_in_range(labels: torch.Tensor, num_classes: int, ignore_index: int | None, name: str = "labels") -> None:
@@ -138,3 +140,83 @@ def labels_in_range(labels: torch.Tensor, num_classes: int, ignore_index: int | 
         value = int(labels[bad].flatten()[0])
         allowed = f"[0, {num_classes})" + (f" or ignore_index={ignore_index}" if ignore_index is not None else "")
         raise ValueError(f"{name} must lie in {allowed}, got a label {value}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss options. One function per loss, called by the functional API before any kernel runs and by
+# the module twin at construction, so a bad option fails the same way in both, and as early as the
+# module form allows (at construction, not at the first forward).
+
+ORIENTATIONS = ("paper", "swapped")
+DIVERGENCES = ("tv", "fg_l1")
+SAMPLINGS = ("grid", "random", "stride")
+WINDOW_ALIGNS = ("center", "official")
+DISTANCES = ("sqeuclidean", "l1")
+DIAGS = ("one_minus", "literal")
+INFONCE_MODES = ("queue_plus_mixed", "mixed_only")
+
+
+def optional_int(value, name: str, minimum: int | None = None) -> int | None:
+    return None if value is None else int_value(value, name, minimum)
+
+
+def flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def pdcr_core_options(*, tau, orientation, divergence, exclude_self, reduction) -> None:
+    """Options of :func:`affseg.pdcr_loss_from_ratios`."""
+    positive(tau, "tau")
+    choice(orientation, "orientation", ORIENTATIONS)
+    choice(divergence, "divergence", DIVERGENCES)
+    flag(exclude_self, "exclude_self")
+    choice(reduction, "reduction", REDUCTIONS)
+
+
+def pdcr_options(*, num_classes, window_sizes, num_samples, sampling, tau, ignore_index, orientation, divergence,
+                 exclude_self, reduction, window_align="center") -> None:
+    """Options of :func:`affseg.pdcr_loss` and :class:`affseg.nn.PDCRLoss` (the tensor-free ones)."""
+    int_value(num_classes, "num_classes", minimum=2)
+    int_tuple(window_sizes, "window_sizes", length=1 if isinstance(window_sizes, int) else None)
+    optional_int(num_samples, "num_samples", minimum=1)
+    choice(sampling, "sampling", SAMPLINGS)
+    choice(window_align, "window_align", WINDOW_ALIGNS)
+    optional_int(ignore_index, "ignore_index")
+    pdcr_core_options(tau=tau, orientation=orientation, divergence=divergence, exclude_self=exclude_self,
+                      reduction=reduction)
+
+
+def supcon_options(*, tau, reduction, ignore_index) -> None:
+    """Options of :func:`affseg.soft_supcon_loss` and :class:`affseg.nn.SoftSupConLoss`."""
+    positive(tau, "tau")
+    choice(reduction, "reduction", REDUCTIONS)
+    optional_int(ignore_index, "ignore_index")
+
+
+def affinity_graph_options(*, sigma, gamma, distance, diag, reduction) -> None:
+    """Options of :func:`affseg.affinity_graph_loss` and :class:`affseg.nn.AffinityGraphLoss`."""
+    positive(sigma, "sigma")
+    finite(gamma, "gamma")  # any sign: γ < 0 maximises the nuclear norm
+    choice(distance, "distance", DISTANCES)
+    choice(diag, "diag", DIAGS)
+    choice(reduction, "reduction", REDUCTIONS)
+
+
+def infonce_options(*, tau, n_hard, n_mix, mode, reduction) -> None:
+    """Options of :func:`affseg.mixed_negative_infonce` and :class:`affseg.nn.MixedNegativeInfoNCE`."""
+    positive(tau, "tau")
+    int_value(n_hard, "n_hard", minimum=1)
+    int_value(n_mix, "n_mix", minimum=0)
+    choice(mode, "mode", INFONCE_MODES)
+    choice(reduction, "reduction", REDUCTIONS)
+
+
+def semi_agcl_options(*, lambda_u, lambda_graph, lambda_mix, rampup_steps, reduction) -> None:
+    """Options of :class:`affseg.nn.SemiAGCLLoss` beyond those of its two terms."""
+    for value, name in ((lambda_u, "lambda_u"), (lambda_graph, "lambda_graph"), (lambda_mix, "lambda_mix")):
+        finite(value, name)
+    int_value(rampup_steps, "rampup_steps", minimum=0)
+    # The total adds per-node graph terms to per-query InfoNCE terms: only a scalar reduction adds up.
+    choice(reduction, "reduction", ("mean", "sum"))

@@ -9,7 +9,7 @@ import torch
 
 from affseg import _backend, _extension
 
-OPS = tuple(_backend._C_OPS)
+OPS = _backend.OPS
 
 
 def _triton_version() -> str:
@@ -30,7 +30,7 @@ def _device_for(backend: str) -> torch.device:
 
 
 def backend_table() -> dict[str, dict[str, str]]:
-    """{backend: {op: "yes" or the reason it cannot run}} on this machine."""
+    """{backend: {op: "yes (its declared limits)" or the reason it cannot run}} on this machine."""
     table = {}
     for backend in ("reference", "cpu", "cuda", "triton"):
         device = _device_for(backend)
@@ -44,7 +44,7 @@ def backend_table() -> dict[str, dict[str, str]]:
                     why += "; set TRITON_INTERPRET=1 to run the Triton kernels on CPU tensors (slow, for tests)"
             else:
                 ok, why = _backend.available(op, backend, device)
-            row[op] = "yes" if ok else why
+            row[op] = f"yes ({_backend.limits(op, backend).describe()})" if ok else why
         table[backend] = row
     return table
 
@@ -63,6 +63,8 @@ def report() -> str:
             f"CUDA kernels: {'yes' if _extension.compiled_with_cuda() else 'no'})"
             if _extension.HAS_C else _extension.C_ERROR
         ),
+        f"CPU kernels' ISA: {_cpu_isa()} "
+        f"(AFFSEG_CPU_ISA={os.environ.get('AFFSEG_CPU_ISA', '') or '(unset: the best this CPU has)'})",
         f"AFFSEG_BACKEND={os.environ.get('AFFSEG_BACKEND', '') or '(unset: auto)'}",
         "",
         "backend    op                       status",
@@ -70,4 +72,17 @@ def report() -> str:
     for backend, row in backend_table().items():
         for op, status in row.items():
             lines.append(f"{backend:<10} {op:<24} {status}")
+    lines += ["", "declared limits (\"auto\" skips a backend for calls beyond them; an explicit backend raises)"]
+    for backend in ("cpu", "cuda", "triton"):
+        for op in OPS:
+            lines.append(f"{backend:<10} {op:<24} {_backend.limits(op, backend).describe()}")
     return "\n".join(lines)
+
+
+def _cpu_isa() -> str:
+    if not _extension.HAS_C:
+        return "n/a (affseg._C not loaded)"
+    try:
+        return _extension.cpu_isa()
+    except (ValueError, RuntimeError) as exc:  # an unknown AFFSEG_CPU_ISA: every CPU kernel refuses to run
+        return f"error: {exc}"

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from affseg._reduce import reduce_rows
 from affseg._sampling import draw_mix_pairs, gather_locations, sample_locations
 from affseg._types import PatchStats
 
@@ -127,7 +128,8 @@ def patch_label_ratios(labels, centers, window_sizes, num_classes, ignore_index=
         flat = 0
         for d, use_hi in enumerate(corner):
             flat = flat + (hi if use_hi else lo)[..., d] * sat_strides[d]
-        index = flat.reshape(batch, 1, -1).expand(-1, num_classes, -1)
+        # flat is (B, W, N); W·N spelled out because with B = 0 reshape cannot infer a -1
+        index = flat.reshape(batch, 1, flat.shape[1] * flat.shape[2]).expand(-1, num_classes, -1)
         box = sat.gather(2, index).view(batch, num_classes, *flat.shape[1:])
         sign = (-1) ** (ndim - sum(corner))
         counts = counts + sign * box
@@ -231,6 +233,10 @@ def pdcr_loss_from_ratios(feats, phi, *, feats_b=None, phi_b=None, valid=None, v
     elif valid_b is None:
         valid_b = torch.ones(feats_b.shape[:2], dtype=torch.bool, device=feats.device)
     dtype = _acc_dtype(feats, feats_b)
+    # Invalid locations drop out even when they hold NaN (SPEC §9): masking the products is not
+    # enough, the matmul's backward would still multiply their zero gradients by NaN.
+    feats = torch.where(valid.unsqueeze(-1), feats, torch.zeros_like(feats))
+    feats_b = torch.where(valid_b.unsqueeze(-1), feats_b, torch.zeros_like(feats_b))
 
     f = F.normalize(feats.to(dtype), dim=-1, eps=_NORM_EPS)
     g = F.normalize(feats_b.to(dtype), dim=-1, eps=_NORM_EPS)
@@ -254,13 +260,8 @@ def pdcr_loss_from_ratios(feats, phi, *, feats_b=None, phi_b=None, valid=None, v
 
     rows = valid & (n_cols > 0)
     row_loss = torch.where(rows, row_loss, torch.zeros_like(row_loss))
-    if reduction == "none":
-        return row_loss.to(feats.dtype)
-    if reduction == "sum":
-        loss = (row_loss * n_cols).sum()
-    else:  # "mean": a batch without valid rows gives 0 (sum over nothing), graph kept
-        loss = row_loss.sum() / rows.sum().clamp(min=1)
-    return loss.to(feats.dtype)
+    # "mean": a batch without valid rows gives 0 (sum over nothing), graph kept
+    return reduce_rows(row_loss, rows, reduction, weight=n_cols, dtype=feats.dtype)
 
 
 def _sampled_ratios(features, labels, locations, window_sizes, num_classes, ignore_index):
@@ -370,6 +371,9 @@ def soft_supcon_loss(features, labels, *, tau=0.1, reduction="mean", ignore_inde
         keep = torch.ones_like(labels, dtype=torch.bool)
         if ignore_index is not None:
             keep = labels != ignore_index
+            # Ignored rows drop out even when they hold NaN: 0 weight times a NaN similarity
+            # would still be NaN, in the forward and in the matmul's backward.
+            features = torch.where(keep.unsqueeze(-1), features, torch.zeros_like(features))
 
     f = F.normalize(features.to(dtype), dim=-1, eps=_NORM_EPS)
     sim = f @ f.transpose(1, 2) / tau  # (B, N, N)
@@ -384,13 +388,10 @@ def soft_supcon_loss(features, labels, *, tau=0.1, reduction="mean", ignore_inde
     row_loss = -(positive - weight_sum * lse) / weight_sum.masked_fill(~counted, 1.0)
     row_loss = torch.where(counted, row_loss, torch.zeros_like(row_loss))
 
-    if reduction == "none":
-        loss = row_loss.squeeze(0) if unbatched else row_loss
-    elif reduction == "sum":
-        loss = row_loss.sum()
-    else:  # "mean" over counted rows; none counted gives 0 with the graph kept
-        loss = row_loss.sum() / counted.sum().clamp(min=1)
-    return loss.to(features.dtype)
+    if unbatched:
+        row_loss, counted = row_loss.squeeze(0), counted.squeeze(0)
+    # "mean" over counted rows; none counted gives 0 with the graph kept
+    return reduce_rows(row_loss, counted, reduction, dtype=features.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,13 +512,68 @@ def uafs_reweight(x, att_logits):
 # --------------------------------------------------------------------------------------------
 
 
+def affinity_matrix(y_t, y_s, inv_two_sigma2, l1=False):
+    """A_ij = exp(−dist(y_t_i, y_s_j) · inv_two_sigma2), dist = squared L2 or L1 (Semi-AGCL Eq. 2).
+
+    Builds the (N, M, D) difference tensor, which the fused kernels avoid.
+
+    Args:
+        y_t: Teacher rows. y_s: Student columns.
+        inv_two_sigma2: 1/(2σ²).
+        l1: L1 distance instead of squared L2.
+
+    Returns:
+        The affinity matrix.
+
+    Shape:
+        y_t ``(N, D)``, y_s ``(M, D)`` → ``(N, M)``.
+
+    Example:
+        >>> affinity_matrix(torch.zeros(2, 3), torch.zeros(1, 3), 2.0)
+        tensor([[1.],
+                [1.]])
+    """
+    diff = y_t.unsqueeze(1) - y_s.unsqueeze(0)
+    dist = diff.abs().sum(-1) if l1 else diff.square().sum(-1)
+    return torch.exp(-dist * inv_two_sigma2)
+
+
+def graph_loss_from_affinity(affinity, finite, *, gamma, diag, reduction, dtype, return_diag=False):
+    """Semi-AGCL Eq. 3 from the affinity matrix A of finite stand-ins (shared with the fused path).
+
+    ℓ_i = (1 − A_ii) (``diag="one_minus"``) or A_ii (``"literal"``), plus (γ/N)‖A‖_*; the nuclear
+    norm's gradient is the polar factor U Vᵀ (torch's svdvals backward), finite when A is
+    rank-deficient or has repeated singular values. ``finite`` (a bool scalar tensor) False makes
+    every ℓ_i NaN (SPEC §9).
+    """
+    num_nodes = affinity.shape[0]
+    diag_term = affinity.diagonal()
+    if diag == "one_minus":
+        diag_term = 1 - diag_term
+    row = diag_term + gamma * torch.linalg.svdvals(affinity).sum() / num_nodes  # ℓ_i, (N,)
+    row = row * torch.where(finite, 1.0, float("nan")).to(row.dtype)
+    loss = reduce_rows(row, None, reduction, dtype=dtype)
+    if return_diag:
+        return loss, affinity.diagonal().detach().to(dtype)
+    return loss
+
+
+def finite_stand_ins(*tensors):
+    """(all finite?, the tensors with non-finite entries zeroed): the SVD raises LinAlgError on NaN,
+    and an Inf only zeroes entries of A (a finite loss), so the graph is built from stand-ins and
+    the result multiplied by NaN instead, without a host sync."""
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+    return finite, [torch.where(torch.isfinite(t), t, torch.zeros_like(t)) for t in tensors]
+
+
 def affinity_graph_loss(y_t, y_s, *, sigma=0.5, gamma=0.1, distance="sqeuclidean",
-                        diag="one_minus", reduction="mean"):
+                        diag="one_minus", reduction="mean", return_diag=False):
     """Teacher–student affinity-graph loss (Semi-AGCL Eq. 3, SPEC §7).
 
     A_ij = exp(−dist(ŷᵗ_i, ŷˢ_j) / (2σ²)) and
     L = (1/N) Σ_i (1 − A_ii) + (γ/N) ‖A‖_* (nuclear norm); ``diag="literal"`` uses
-    +(1/N) Σ_i A_ii instead.
+    +(1/N) Σ_i A_ii instead. Per node, ℓ_i = (1 − A_ii) + (γ/N) ‖A‖_*, so L = mean_i ℓ_i.
+    NaN or Inf in either input makes every ℓ_i NaN (SPEC §9).
 
     Args:
         y_t: Teacher node vectors (detached here).
@@ -526,10 +582,12 @@ def affinity_graph_loss(y_t, y_s, *, sigma=0.5, gamma=0.1, distance="sqeuclidean
         gamma: Nuclear-norm weight γ (may be negative).
         distance: ``"sqeuclidean"`` (squared L2) or ``"l1"``.
         diag: ``"one_minus"`` or ``"literal"``.
-        reduction: ``"mean"`` (as above) or ``"sum"`` (N times it).
+        reduction: ``"mean"`` (as above), ``"sum"`` (N times it) or ``"none"`` (ℓ_i).
+        return_diag: also return A_ii (detached), the α of Semi-AGCL Eq. 6.
 
     Returns:
-        Scalar loss in the dtype of ``y_s``; 0 (with a graph) when N = 0.
+        Scalar loss, or ``(N,)`` per-node terms for ``"none"``, in the dtype of ``y_s``;
+        0 (with a graph) when N = 0. With ``return_diag``, ``(loss, A_ii)``.
 
     Shape:
         y_t ``(N, D)``, y_s ``(N, D)``.
@@ -541,29 +599,73 @@ def affinity_graph_loss(y_t, y_s, *, sigma=0.5, gamma=0.1, distance="sqeuclidean
     """
     num_nodes = y_s.shape[0]
     if num_nodes == 0:  # SPEC §9: zero loss that still has a grad_fn
-        return y_s.sum() * 0
+        loss = reduce_rows(y_s.sum(-1) * 0, None, reduction)
+        return (loss, y_s.new_zeros(0)) if return_diag else loss
     dtype = _acc_dtype(y_t, y_s)
-    diff = y_t.detach().to(dtype).unsqueeze(1) - y_s.to(dtype).unsqueeze(0)  # (N, N, D)
-    dist = diff.square().sum(-1) if distance == "sqeuclidean" else diff.abs().sum(-1)
-    affinity = torch.exp(-dist / (2 * sigma**2))
+    finite, (y_t, y_s_acc) = finite_stand_ins(y_t.detach().to(dtype), y_s.to(dtype))
+    affinity = affinity_matrix(y_t, y_s_acc, 1.0 / (2 * sigma**2), distance == "l1")
+    return graph_loss_from_affinity(affinity, finite, gamma=gamma, diag=diag, reduction=reduction, dtype=y_s.dtype,
+                                    return_diag=return_diag)
 
-    diag_term = affinity.diagonal().sum()
-    if diag == "one_minus":
-        diag_term = num_nodes - diag_term
-    loss = diag_term + gamma * torch.linalg.matrix_norm(affinity, "nuc")
-    if reduction == "mean":
-        loss = loss / num_nodes
-    return loss.to(y_s.dtype)
+
+def hard_negatives(q, neg, q_cls, neg_cls, inv_tau, n_hard, use_classes):
+    """Per query: the log-sum-exp of its queue logits and its hardest negatives (SPEC §7).
+
+    The valid negatives of query b are all queue entries, or with ``use_classes`` those whose
+    class differs from b's. Builds the (B, Q) similarity matrix, which the fused kernels avoid.
+
+    Returns:
+        ``(queue_lse (B,), hard_idx (B, H), hard_count (B,))``, H = min(n_hard, Q): the
+        log-sum-exp of (q·n)·inv_tau over valid n (−inf when none), the indices of the H valid n
+        with the largest q·n, descending (−1 after hard_count_b = min(H, #valid)).
+    """
+    sim = q @ neg.T
+    valid = torch.ones_like(sim, dtype=torch.bool)
+    if use_classes:
+        valid = q_cls[:, None] != neg_cls[None, :]
+    logits = torch.where(valid, sim * inv_tau, torch.full_like(sim, -math.inf))
+    queue_lse = torch.logsumexp(logits, dim=1) if neg.shape[0] else q.new_full(q.shape[:1], -math.inf)
+    hard = min(n_hard, neg.shape[0])
+    masked = torch.where(valid, sim, torch.full_like(sim, -math.inf)).detach()
+    idx = masked.topk(hard, dim=1, sorted=True).indices
+    count = valid.sum(1).clamp(max=hard)
+    idx = torch.where(torch.arange(hard, device=q.device) < count[:, None], idx, torch.full_like(idx, -1))
+    return queue_lse, idx, count
+
+
+def mixed_logits(q, neg, alpha, hard_idx, hard_count, pairs, inv_tau):
+    """Logits (q·h)·inv_tau of the mixed negatives h = normalise(α_i n_i + (1 − α_i) n_j), where
+    (i, j) are the hard negatives at positions ``pairs`` of each query's list; −inf for pairs
+    beyond the query's hard_count (SPEC §7). Builds every h, which the fused kernels avoid."""
+    ok = (pairs < hard_count[:, None, None]).all(-1) & (pairs[..., 0] != pairs[..., 1])
+    safe = torch.where(ok[..., None], pairs, torch.zeros_like(pairs))
+    first = hard_idx.gather(1, safe[..., 0]).clamp(min=0)
+    second = hard_idx.gather(1, safe[..., 1]).clamp(min=0)
+    if neg.shape[0] == 0:
+        return q.new_full(pairs.shape[:2], -math.inf)
+    mix = alpha[first].unsqueeze(-1)
+    mixed = F.normalize(mix * neg[first] + (1 - mix) * neg[second], dim=-1, eps=_NORM_EPS)  # (B, P, C)
+    logits = torch.einsum("bc,bpc->bp", q, mixed) * inv_tau
+    return torch.where(ok, logits, torch.full_like(logits, -math.inf))
+
+
+def infonce_from_logits(pos, queue_lse, mixed, mode):
+    """−log(e^pos / (e^pos + [e^queue_lse] + Σ e^mixed)) per query (Semi-AGCL Eq. 4/7)."""
+    terms = [pos[:, None], mixed] if mode == "mixed_only" else [pos[:, None], queue_lse[:, None], mixed]
+    return torch.logsumexp(torch.cat(terms, dim=1), dim=1) - pos
 
 
 def mixed_negative_infonce(q, k_pos, negatives, alpha, *, tau=0.1, n_hard=256, n_mix=256,
-                           mode="queue_plus_mixed", generator=None, pairs=None):
+                           mode="queue_plus_mixed", generator=None, pairs=None, reduction="mean",
+                           q_classes=None, neg_classes=None):
     """InfoNCE with affinity-mixed hard negatives (Semi-AGCL Eqs. 4, 6, 7; SPEC §7).
 
     For each query, the top-min(n_hard, Q) negatives by qᵀn are ranked; pair positions (i, j)
     in that list give h = normalise(α_i n_i + (1 − α_i) n_j). The loss is
-    −log(e^{qᵀk/τ} / (e^{qᵀk/τ} + Σ_{n∈Q} e^{qᵀn/τ} + Σ_h e^{qᵀh/τ})), averaged over queries;
-    ``mode="mixed_only"`` drops the queue sum.
+    −log(e^{qᵀk/τ} / (e^{qᵀk/τ} + Σ_{n∈Q} e^{qᵀn/τ} + Σ_h e^{qᵀh/τ})) per query, reduced over
+    queries; ``mode="mixed_only"`` drops the queue sum. With ``q_classes`` and ``neg_classes``, a
+    query's negatives are only the entries of other classes (the paper's K⁻); pairs that fall
+    beyond a query's count of such negatives are dropped.
 
     Args:
         q: Queries (gradient flows here only).
@@ -576,13 +678,16 @@ def mixed_negative_infonce(q, k_pos, negatives, alpha, *, tau=0.1, n_hard=256, n
         mode: ``"queue_plus_mixed"`` (MoCHi) or ``"mixed_only"`` (literal Eq. 7).
         generator: Drives :func:`affseg._sampling.draw_mix_pairs` when ``pairs`` is None.
         pairs: Optional int64 positions into each query's top list, i ≠ j.
+        reduction: ``"mean"`` over queries, ``"sum"`` or ``"none"`` (per query).
+        q_classes, neg_classes: Optional int classes of the queries and of the queue entries.
 
     Returns:
-        Scalar loss in the dtype of ``q``. With fewer than 2 hard negatives there are no mixed
-        terms.
+        Scalar loss, or ``(B,)`` per-query losses for ``"none"``, in the dtype of ``q``. With
+        fewer than 2 hard negatives there are no mixed terms.
 
     Shape:
-        q, k_pos ``(B, C)``, negatives ``(Q, C)``, alpha ``(Q,)``, pairs ``(B, n_mix, 2)``.
+        q, k_pos ``(B, C)``, negatives ``(Q, C)``, alpha ``(Q,)``, pairs ``(B, n_mix, 2)``,
+        q_classes ``(B,)``, neg_classes ``(Q,)``.
 
     Example:
         >>> q, k, neg = torch.randn(4, 8), torch.randn(4, 8), torch.randn(32, 8)
@@ -591,27 +696,22 @@ def mixed_negative_infonce(q, k_pos, negatives, alpha, *, tau=0.1, n_hard=256, n
         ...                               generator=gen)
     """
     dtype = _acc_dtype(q, k_pos, negatives)
+    # SPEC §9: a non-finite input gives NaN even where it does not reach a logit (an α or a
+    # negative outside every query's drawn pairs, the queue in "mixed_only" mode).
+    finite = torch.stack([torch.isfinite(t).all() for t in (q, k_pos, negatives, alpha)]).all()
     q_hat = F.normalize(q.to(dtype), dim=-1, eps=_NORM_EPS)
     k_hat = F.normalize(k_pos.detach().to(dtype), dim=-1, eps=_NORM_EPS)
     neg_hat = F.normalize(negatives.detach().to(dtype), dim=-1, eps=_NORM_EPS)
     alpha = alpha.detach().to(dtype)
-
-    queue_sim = q_hat @ neg_hat.T  # (B, Q)
-    # Pair positions index this list, hardest (highest qᵀn) first.
-    n_hard = min(n_hard, negatives.shape[0])
-    hard = queue_sim.detach().topk(n_hard, dim=1, sorted=True).indices
+    use_classes = q_classes is not None
+    q_cls = q_classes.long() if use_classes else q.new_zeros(q.shape[0], dtype=torch.long)
+    neg_cls = neg_classes.long() if use_classes else q.new_zeros(negatives.shape[0], dtype=torch.long)
+    inv_tau = 1.0 / tau
+    queue_lse, hard_idx, hard_count = hard_negatives(q_hat, neg_hat, q_cls, neg_cls, inv_tau, n_hard, use_classes)
     if pairs is None:
-        pairs = draw_mix_pairs(q.shape[0], n_hard, n_mix, generator, q.device)
-    first = hard.gather(1, pairs[..., 0])  # negative indices, (B, n_mix)
-    second = hard.gather(1, pairs[..., 1])
-    mix = alpha[first].unsqueeze(-1)
-    mixed = F.normalize(mix * neg_hat[first] + (1 - mix) * neg_hat[second], dim=-1,
-                        eps=_NORM_EPS)  # (B, n_mix, C)
-    mixed_sim = torch.einsum("bc,bmc->bm", q_hat, mixed)
-
-    pos_sim = (q_hat * k_hat).sum(dim=-1, keepdim=True)
-    terms = [pos_sim, mixed_sim] if mode == "mixed_only" else [pos_sim, queue_sim, mixed_sim]
-    logits = torch.cat(terms, dim=1) / tau
-    per_query = torch.logsumexp(logits, dim=1) - logits[:, 0]
-    # Sum over a clamped count so that an empty batch gives 0 rather than NaN.
-    return (per_query.sum() / max(q.shape[0], 1)).to(q.dtype)
+        pairs = draw_mix_pairs(q.shape[0], hard_idx.shape[1], n_mix, generator, q.device)
+    mixed = mixed_logits(q_hat, neg_hat, alpha, hard_idx, hard_count, pairs, inv_tau)
+    per_query = infonce_from_logits((q_hat * k_hat).sum(-1) * inv_tau, queue_lse, mixed, mode)
+    per_query = per_query * torch.where(finite, 1.0, float("nan")).to(dtype)
+    # "mean" divides by a clamped count, so an empty batch gives 0 rather than NaN.
+    return reduce_rows(per_query, None, reduction, dtype=q.dtype)

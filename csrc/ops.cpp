@@ -6,6 +6,11 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <stdexcept>
+#include <string>
+
+#include "affseg/cpu_isa.h"
+
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
@@ -29,11 +34,22 @@ bool compiled_with_openmp() {
 #endif
 }
 
+// The SIMD build the CPU kernels run ("avx512", "avx2" or "baseline"), after AFFSEG_CPU_ISA's cap.
+// An unknown AFFSEG_CPU_ISA raises ValueError here (and every CPU kernel call raises it too).
+std::string cpu_isa() {
+  try {
+    return cpu::isa_name(cpu::simd_level());
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
+
 }  // namespace affseg
 
 TORCH_LIBRARY(affseg, m) {
   m.def("_compiled_with_cuda() -> bool", &affseg::compiled_with_cuda);
   m.def("_compiled_with_openmp() -> bool", &affseg::compiled_with_openmp);
+  m.def("_cpu_isa() -> str", &affseg::cpu_isa);
 
   // SPEC §1. labels int64 (B,*S); centers int64 (B,N,ndim) -> phi float32 (B,W,N,K), valid bool (B,W,N).
   m.def(
@@ -66,4 +82,27 @@ TORCH_LIBRARY(affseg, m) {
   // SPEC §6. x (B,C,*S), att (B,M,*S) -> x * (2 - U).
   m.def("uafs_fwd(Tensor x, Tensor att) -> Tensor");
   m.def("uafs_bwd(Tensor grad_out, Tensor x, Tensor att) -> (Tensor grad_x, Tensor grad_att)");
+
+  // SPEC §7 (Semi-AGCL). Float inputs share one dtype (float32 or float64); indices int64.
+  // A (N, M) = exp(-dist(y_t (N, D), y_s (M, D)) * inv_two_sigma2), dist squared L2 or L1 (l1);
+  // the backward returns grad_y_s (M, D), recomputing A.
+  m.def("affinity_matrix(Tensor y_t, Tensor y_s, float inv_two_sigma2, bool l1) -> Tensor");
+  m.def("affinity_matrix_bwd(Tensor grad_a, Tensor y_t, Tensor y_s, float inv_two_sigma2, bool l1) -> Tensor");
+  // q (B, C), neg (Q, C) unit rows; q_cls (B,), neg_cls (Q,) int64 (read with use_classes). One
+  // streaming pass per query: queue_lse (B,), the top H = min(n_hard, Q) valid negatives by q.n
+  // hard_idx (B, H) (-1 past hard_count), hard_count (B,).
+  m.def(
+      "hard_negatives(Tensor q, Tensor neg, Tensor q_cls, Tensor neg_cls, float inv_tau, int n_hard, "
+      "bool use_classes) -> (Tensor queue_lse, Tensor hard_idx, Tensor hard_count)");
+  m.def(
+      "queue_lse_bwd(Tensor grad_lse, Tensor q, Tensor neg, Tensor q_cls, Tensor neg_cls, Tensor queue_lse, "
+      "float inv_tau, bool use_classes) -> Tensor");
+  // alpha (Q,), pairs (B, P, 2) int64 positions into each query's hard list -> logits (B, P), -inf
+  // for invalid pairs; the backward returns grad_q (B, C).
+  m.def(
+      "mixed_logits(Tensor q, Tensor neg, Tensor alpha, Tensor hard_idx, Tensor hard_count, Tensor pairs, "
+      "float inv_tau) -> Tensor");
+  m.def(
+      "mixed_logits_bwd(Tensor grad_logits, Tensor q, Tensor neg, Tensor alpha, Tensor hard_idx, "
+      "Tensor hard_count, Tensor pairs, float inv_tau) -> Tensor");
 }

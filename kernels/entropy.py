@@ -7,11 +7,19 @@ without cancellation (o_k = s − e_k off the maximum, Σ_{e_j<1} e_j + ties −
 shannon H = −Σ p_k log p_k / log K, 0·log 0 = 0. The same formulas as
 csrc/include/affseg/entropy_math.h (which the C++ CPU and CUDA kernels share).
 
-Memory traffic: one program per (tile, batch) reads the tile's K logits per pixel once (and the
-class mask once) and writes K entropies, K confidences and K counts; sums stay in registers.
+Schedule: one program per (tile, image) reads the tile's K logits per pixel once (and the class
+mask once) and writes K entropies, K confidences and K counts; sums stay in registers. Tiles go on
+grid axis 0 (up to 2^31 − 1 per image), images on axis 1 in launches of at most 65,535.
 
-Limits: K ≤ 2^k padded to K_POW2 in registers (fine to K of a few dozen). float16/32 logits are
-computed in float32 and float64 in float64; a 1-ulp-of-float subnormal o_k counts as 0 in both.
+Work (counted by `work`; P pixels per image, e = logit bytes): FLOPs ≈ B·P·K·(12 binary or 7
+shannon) (exp, log, products and sums per class and pixel, exp and log counted as one each); bytes:
+B·P·K·e logits + B·P·8 mask (if any) read, B·T·(2·K or K + 1)·a + B·T·K·8 written (T tiles,
+a = 4 or 8 output bytes).
+
+Limits (LIMITS): K ≤ 64 (the class axis is padded to K_POW2 and held in registers: _launch_config
+shrinks the pixel block as K grows so that nothing spills at sm_90); float16, bfloat16 and float32
+logits are computed in float32, float64 in float64; a 1-ulp-of-float subnormal o_k counts as 0 in
+both. Fewer than 2^31 tiles per image (one grid axis).
 """
 from __future__ import annotations
 
@@ -21,13 +29,17 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import batch_chunks, check_grid, device_of, scalar
+
+LIMITS = {"classes": 64, "dtypes": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
 _TINY = 1.17549435e-38  # smallest normal float32: below it (1 − p) log(1 − p) is taken as 0
 
 
 @triton.jit
 def _patch_entropy_kernel(
     x_ptr, mask_ptr, ent_ptr, conf_ptr, cnt_ptr,
-    K, S0, S1, S2, P0, P1, P2, p0, p1, p2, inv_log_k,
+    K, S0, S1, S2, P0, P1, P2, p0, p1, p2, inv_log_k_ptr,
     HAS_MASK: tl.constexpr, SHANNON: tl.constexpr, K_POW2: tl.constexpr, BLOCK: tl.constexpr,
     ACC: tl.constexpr, TINY: tl.constexpr,
 ):
@@ -71,7 +83,7 @@ def _patch_entropy_kernel(
         p = e * inv_s[None, :]
         plogp = tl.where(p == 0.0, 0.0, -p * (d - log_s[None, :]))
         if SHANNON:
-            h = tl.sum(plogp, axis=0) * inv_log_k
+            h = tl.sum(plogp, axis=0) * tl.load(inv_log_k_ptr)
         else:
             o = tl.where(e == 1.0, (s_lt + (ties - 1.0))[None, :], s[None, :] - e)
             tiny = o < TINY
@@ -100,9 +112,21 @@ def _patch_entropy_kernel(
         tl.store(ent_ptr + out, acc_h * inv_n, mask=k_ok)
 
 
+def _launch_config(num_classes: int, pixels_per_tile: int, block: int = 256) -> dict:
+    """BLOCK (pixels per step) and num_warps: the [K_POW2, BLOCK] tiles hold ~8 live values per
+    element, so BLOCK shrinks as K grows to keep every thread's share in registers (sm_90, ptxas)."""
+    k_pow2 = triton.next_power_of_2(num_classes)
+    cap = max(32, 2048 // k_pow2)  # 4096-element tiles spill at K = 32 and 64 (fp64 worst)
+    tile = k_pow2 * max(32, min(block, cap, triton.next_power_of_2(pixels_per_tile)))
+    return dict(BLOCK=tile // k_pow2, num_warps=8 if tile >= 2048 else 4)
+
+
 def patch_entropy(logits: torch.Tensor, patch_size, shannon: bool, class_mask, block: int = 256):
     """(entropy, mean_conf, count) of SPEC §5 for contiguous logits (B, K, *S); mask int64 or None."""
     batch, num_classes, *spatial = logits.shape
+    if num_classes > LIMITS["classes"] or logits.dtype not in LIMITS["dtypes"]:
+        raise ValueError(f"the Triton patch_entropy kernel takes K <= {LIMITS['classes']} classes of "
+                         f"{LIMITS['dtypes']}, got K={num_classes} of {logits.dtype}")
     nd = len(spatial)
     sizes = [1] * (3 - nd) + list(spatial)
     patch = [1] * (3 - nd) + [int(p) for p in patch_size]
@@ -116,13 +140,31 @@ def patch_entropy(logits: torch.Tensor, patch_size, shannon: bool, class_mask, b
     if conf.numel() == 0:
         return ent, conf, count
     acc = tl.float64 if out_dtype == torch.float64 else tl.float32
-    pixels_per_tile = patch[0] * patch[1] * patch[2]
-    block = max(32, min(block, triton.next_power_of_2(pixels_per_tile)))
-    grid = (tiles[0] * tiles[1] * tiles[2], batch)
-    _patch_entropy_kernel[grid](
-        logits, class_mask if class_mask is not None else logits, ent, conf, count,
-        num_classes, *sizes, *tiles, *patch, 1.0 / math.log(num_classes),
-        HAS_MASK=class_mask is not None, SHANNON=shannon, K_POW2=triton.next_power_of_2(num_classes),
-        BLOCK=block, ACC=acc, TINY=_TINY,
-    )
+    cfg = _launch_config(num_classes, patch[0] * patch[1] * patch[2], block)
+    inv_log_k = scalar(1.0 / math.log(num_classes) if num_classes > 1 else 0.0, logits, out_dtype)
+    n_tiles = check_grid("patch_entropy", tiles[0] * tiles[1] * tiles[2])
+    with device_of(logits):
+        # batch slices keep grid axis 1 within 65,535; every tensor is batch-major and contiguous
+        for b0, b1 in batch_chunks(batch):
+            mask = class_mask[b0:b1] if class_mask is not None else logits[b0:b1]
+            _patch_entropy_kernel[(n_tiles, b1 - b0)](
+                logits[b0:b1], mask, ent[b0:b1], conf[b0:b1], count[b0:b1],
+                num_classes, *sizes, *tiles, *patch, inv_log_k,
+                HAS_MASK=class_mask is not None, SHANNON=shannon, K_POW2=triton.next_power_of_2(num_classes),
+                ACC=acc, TINY=_TINY, **cfg,
+            )
     return ent, conf, count
+
+
+def work(logits_shape, patch_size, shannon: bool, masked: bool, dtype: torch.dtype) -> tuple[float, float]:
+    """(FLOPs, bytes) of one patch_entropy call, counted as in this file's header."""
+    batch, k, *spatial = logits_shape
+    pixels = math.prod(spatial)
+    n_tiles = math.prod(-(-s // int(p)) for s, p in zip(spatial, patch_size))
+    e = torch.empty((), dtype=dtype).element_size()
+    a = 8 if dtype == torch.float64 else 4
+    flops = batch * pixels * k * (7 if shannon else 12)
+    k_ent = 1 if (shannon and not masked) else k
+    read = batch * pixels * (k * e + (8 if masked else 0))
+    written = batch * n_tiles * ((k_ent + k) * a + k * 8)
+    return float(flops), float(read + written)

@@ -23,23 +23,23 @@ row_lse: `_pdcr_bwd_rows_kernel` (row tiles, sweeps columns) writes grad_fa with
 `_pdcr_bwd_cols_kernel` (column tiles, sweeps rows) builds Gᵀ and writes grad_fb with
 tl.dot(Gᵀ, fa). No atomics: both gradients are deterministic. Nothing of size N×M is stored.
 
-Memory traffic per call (element counts; T_n = ⌈N/BLOCK_N⌉, T_m = ⌈M/BLOCK_M⌉):
-forward reads B·(N + T_n·M)·(C + W·K) and writes B·N·(1 + W); backward reads
-B·(N + T_n·M + M + T_m·N)·(C + W·K) + 2·B·N·(1 + W) and writes B·(N + M)·C.
-FLOPs: forward 2·B·N·M·C (dot) + B·N·M·W·(3K + 8); backward 8·B·N·M·C (each of its two kernels
-recomputes ŝ and does one G·f product) + 2·B·N·M·W·(3K + 10).
+Work (counted by `work`; e = element bytes). FLOPs: forward 2·B·N·M·C (dot) + B·N·M·W·(3K + 8);
+backward 8·B·N·M·C (each of its two kernels recomputes ŝ and does one G·f product) +
+2·B·N·M·W·(3K + 10). Bytes, compulsory (each tensor once; re-reads of column tiles by every row
+tile come from L2 and are not counted): forward reads fa, fb, φa, φb, n and the masks,
+B·((N + M)·(C + W·K) + N)·e + B·(N + M), and writes B·N·(1 + W)·e; backward reads the same plus
+g and row_lse, B·N·(1 + W)·e, and writes B·(N + M)·C·e.
 
-Limits: fa/fb/phia/phib contiguous and of one dtype: float32 (accumulates in float32) or
-float64 (accumulates in float64). The whole feature row stays in registers: C ≤ 512
-(BLOCK_C = next_pow2(C), at least 16). W and K are unrolled at compile time: W ≤ 16, K ≤ 32 (one
+Limits (LIMITS): fa/fb/phia/phib contiguous and of one dtype: float32 (accumulates in float32) or
+float64 (accumulates in float64); INPUT_PRECISIONS "ieee" or "tf32" for float32. The whole feature row stays in registers: C ≤ 256
+(BLOCK_C = next_pow2(C), at least 16; at C = 512 the sm_90 compile needs ~200 KB of shared memory
+and spills, so larger C goes to the next backend until the kernel chunks C like kernels/supcon.py). W and K are unrolled at compile time: W ≤ 16, K ≤ 32 (one
 compilation per (W, K, options)). Offsets within one image are int32: N·C, M·C < 2^31.
 INPUT_PRECISION is "ieee" unless asked otherwise ("tf32" is faster on a GPU, with ~1e-3 relative
-error in ŝ); float64 always uses "ieee". float64 on a GPU: the
-forward dot is a tl.dot, but the backward products G·f are broadcast-and-sum (BROADCAST_SUM),
-because Triton 3.7 fails to lower those fp64 tl.dots (assertion "fp64 don't support largeK
-MMA", found by compiling for sm_80/sm_90); float64 is for parity checks, not speed.
-GPU tile sizes were chosen by compiling for sm_80/sm_90 with `ptxas -v` (see _launch_config);
-no GPU run has been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
+error in ŝ); float64 always uses "ieee". float64 dots are tl.dots too
+(DMMA); the masks travel as the feature dtype so that Triton can lower them (see _mask).
+GPU tile sizes come from compiling every configuration for sm_90 with `ptxas -v`
+(tests/test_triton_sm90.py: ≤ 227 KB shared memory, no spills); no GPU run has been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
 """
 from __future__ import annotations
 
@@ -47,9 +47,10 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_C = 512
-MAX_W = 16
-MAX_K = 32
+from ._launch import check_grid, device_of, on_gpu, scalar
+
+LIMITS = {"channels": 256, "windows": 16, "classes": 32, "dtypes": (torch.float32, torch.float64)}
+INPUT_PRECISIONS = ("ieee", "tf32")
 
 
 @triton.jit
@@ -81,25 +82,15 @@ def _scaled_similarity(x, y, inv_tau, INPUT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _tile_matmul(g, f, INPUT_PRECISION: tl.constexpr, BROADCAST_SUM: tl.constexpr):
-    """g [A, B] @ f [B, C]. BROADCAST_SUM for float64: Triton 3.7 cannot lower these fp64 dots when
-    g is masked by loaded validity ("fp64 don't support largeK MMA")."""
-    if BROADCAST_SUM:
-        return tl.sum(g[:, :, None] * f[None, :, :], axis=1)
-    else:
-        return tl.dot(g, f, input_precision=INPUT_PRECISION)
-
-
-@triton.jit
 def _pdcr_fwd_kernel(
     fa_ptr, pa_ptr, fb_ptr, pb_ptr, va_ptr, vb_ptr, n_ptr, loss_ptr, lse_ptr,
-    N, M, C, inv_tau_ptr,
+    N, M, C, inv_tau_ptr, TILES,
     W: tl.constexpr, K: tl.constexpr, W_PAD: tl.constexpr,
     SWAPPED: tl.constexpr, FG_L1: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid_n = tl.program_id(0) % TILES
+    b = (tl.program_id(0) // TILES).to(tl.int64)
     inv_tau = tl.load(inv_tau_ptr)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_in = rows < N
@@ -173,15 +164,14 @@ def _pair_grad(s, d, lse, scale_row, n_row, pair, SWAPPED: tl.constexpr):
 @triton.jit
 def _pdcr_bwd_rows_kernel(
     g_ptr, fa_ptr, pa_ptr, fb_ptr, pb_ptr, va_ptr, vb_ptr, n_ptr, lse_ptr, grad_ptr,
-    N, M, C, inv_tau_ptr,
+    N, M, C, inv_tau_ptr, TILES,
     W: tl.constexpr, K: tl.constexpr,
     SWAPPED: tl.constexpr, FG_L1: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BROADCAST_SUM: tl.constexpr,
 ):
     """grad_fa for one row tile: Σ over column tiles of tl.dot(G, fb)."""
-    pid_n = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid_n = tl.program_id(0) % TILES
+    b = (tl.program_id(0) // TILES).to(tl.int64)
     inv_tau = tl.load(inv_tau_ptr)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_in = rows < N
@@ -210,7 +200,7 @@ def _pdcr_bwd_rows_kernel(
                             rows, cols, row_in, col_in, K, FG_L1, BLOCK_N, BLOCK_M)
             lse = tl.load(lse_ptr + (b * N + rows) * W + w, mask=row_ok, other=0.0)
             G += _pair_grad(s, d, lse[:, None], scale, n, pair, SWAPPED)
-        acc += _tile_matmul(G, fb, INPUT_PRECISION, BROADCAST_SUM)
+        acc += tl.dot(G, fb, input_precision=INPUT_PRECISION)
     tl.store(grad_ptr + (b * N + rows[:, None]) * C + offs_c[None, :], acc,
              mask=row_in[:, None] & (offs_c[None, :] < C))
 
@@ -218,15 +208,14 @@ def _pdcr_bwd_rows_kernel(
 @triton.jit
 def _pdcr_bwd_cols_kernel(
     g_ptr, fa_ptr, pa_ptr, fb_ptr, pb_ptr, va_ptr, vb_ptr, n_ptr, lse_ptr, grad_ptr,
-    N, M, C, inv_tau_ptr,
+    N, M, C, inv_tau_ptr, TILES,
     W: tl.constexpr, K: tl.constexpr,
     SWAPPED: tl.constexpr, FG_L1: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BROADCAST_SUM: tl.constexpr,
 ):
     """grad_fb for one column tile: Σ over row tiles of tl.dot(Gᵀ, fa); tiles are [column, row]."""
-    pid_m = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid_m = tl.program_id(0) % TILES
+    b = (tl.program_id(0) // TILES).to(tl.int64)
     inv_tau = tl.load(inv_tau_ptr)
     cols = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     col_in = cols < M
@@ -256,25 +245,32 @@ def _pdcr_bwd_cols_kernel(
                             cols, rows, col_in, row_in, K, FG_L1, BLOCK_M, BLOCK_N)
             lse = tl.load(lse_ptr + (b * N + rows) * W + w, mask=row_ok, other=0.0)
             G += _pair_grad(s, d, lse[None, :], scale, n, pair, SWAPPED)
-        acc += _tile_matmul(G, fa, INPUT_PRECISION, BROADCAST_SUM)
+        acc += tl.dot(G, fa, input_precision=INPUT_PRECISION)
     tl.store(grad_ptr + (b * M + cols[:, None]) * C + offs_c[None, :], acc,
              mask=col_in[:, None] & (offs_c[None, :] < C))
 
 
-def _launch_config(C, dtype, device, input_precision, block):
+def _launch_config(C, dtype, input_precision="ieee", gpu=True, block=None):
     """(BLOCK, BLOCK_C, num_warps). On a GPU: the largest tile with no register spills for every
-    kernel at W = K = 3 (ptxas -v, sm_80/sm_90; fp32 "ieee" dots hold whole fp32 tiles, so they
-    get the smallest). The interpreter takes 64: its cost is per tile step, not per element."""
+    kernel (ptxas -v at sm_90 over C ≤ 256, W ≤ 16, K ≤ 32: tests/test_triton_sm90.py). The interpreter takes 64: its cost is per
+    tile step, not per element."""
     block_c = max(16, triton.next_power_of_2(C))
-    if device.type != "cuda":
+    if not gpu:
         return block or 64, block_c, 4
     if dtype == torch.float64:
         config = (32, 8) if block_c <= 128 else (16, 8)
-    elif input_precision == "ieee":
-        config = (32, 4) if block_c <= 64 else (16, 4)
-    else:
-        config = (32, 8)
+    elif input_precision == "ieee":  # 32-row tiles spill from C = 64 on (ptxas -v, sm_90)
+        config = (32, 4) if block_c <= 32 else (16, 4)
+    else:  # tf32's mma layouts spill at 32 rows even for C = 16
+        config = (16, 4)
     return block or config[0], block_c, config[1]
+
+
+def _mask(valid, like):
+    """A bool mask as like's dtype: Triton sizes an mma operand's register layout by the narrowest
+    type loaded on its way (computeOrigBitWidth); a bool mask in G's chain gives fp64 dots a kWidth
+    they cannot lower (sm_90: "fp64 don't support largeK MMA"). With it, G·f is a tl.dot in fp64 too."""
+    return valid.contiguous().to(like.dtype)
 
 
 def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block):
@@ -282,25 +278,26 @@ def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self,
     B, N, C = fa.shape
     M = fb.shape[1]
     W, K = pa.shape[1], pa.shape[3]
-    if C > MAX_C or W > MAX_W or K > MAX_K:
+    lim = LIMITS
+    if C > lim["channels"] or W > lim["windows"] or K > lim["classes"] or fa.dtype not in lim["dtypes"]:
         raise ValueError(
-            f"the Triton PDCR kernel supports C <= {MAX_C}, W <= {MAX_W}, K <= {MAX_K}; got C={C}, W={W}, K={K}"
+            f"the Triton PDCR kernel supports C <= {lim['channels']}, W <= {lim['windows']}, K <= {lim['classes']} "
+            f"of {lim['dtypes']}; got C={C}, W={W}, K={K} of {fa.dtype}"
         )
+    if input_precision not in INPUT_PRECISIONS:
+        raise ValueError(f"input_precision must be one of {INPUT_PRECISIONS}, got {input_precision!r}")
     if fa.dtype == torch.float64:
         input_precision = "ieee"  # tf32 does not apply to fp64 dots
-    block, block_c, num_warps = _launch_config(C, fa.dtype, fa.device, input_precision, block)
+    block, block_c, num_warps = _launch_config(C, fa.dtype, input_precision, on_gpu(fa), block)
     # n_i: valid columns of each row (the row itself excluded when asked); rows without any drop out.
     n_cols = vb.sum(dim=1, keepdim=True).to(fa.dtype).expand(B, N)
     if exclude_self:
         n_cols = n_cols - va.to(fa.dtype)
-    # A pointer, not a scalar argument: Triton passes Python floats as fp32, which would cost
-    # float64 its precision.
-    inv_tau_t = torch.full((1,), inv_tau, dtype=fa.dtype, device=fa.device)
     meta = dict(
         W=W, K=K, SWAPPED=bool(swapped), FG_L1=bool(fg_l1), EXCLUDE_SELF=bool(exclude_self),
         BLOCK_N=block, BLOCK_M=block, BLOCK_C=block_c, INPUT_PRECISION=input_precision, num_warps=num_warps,
     )
-    return (B, N, M, C, W), n_cols.contiguous(), inv_tau_t, meta
+    return (B, N, M, C, W), n_cols.contiguous(), scalar(inv_tau, fa), meta
 
 
 def pdcr_fwd(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self,
@@ -318,11 +315,12 @@ def pdcr_fwd(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self,
     row_lse = torch.empty((B, N, W), dtype=fa.dtype, device=fa.device)
     if B == 0 or N == 0:
         return row_loss, row_lse
-    grid = (triton.cdiv(N, meta["BLOCK_N"]), B)
-    _pdcr_fwd_kernel[grid](
-        fa, pa, fb, pb, va, vb, n_cols, row_loss, row_lse, N, M, C, inv_tau_t,
-        W_PAD=triton.next_power_of_2(W), **meta,
-    )
+    tiles = triton.cdiv(N, meta["BLOCK_N"])
+    with device_of(fa):
+        _pdcr_fwd_kernel[(check_grid("pdcr_fwd", B * tiles),)](
+            fa, pa, fb, pb, _mask(va, fa), _mask(vb, fa), n_cols, row_loss, row_lse, N, M, C, inv_tau_t, tiles,
+            W_PAD=triton.next_power_of_2(W), **meta,
+        )
     return row_loss, row_lse
 
 
@@ -335,8 +333,21 @@ def pdcr_bwd(grad_row, fa, pa, fb, pb, va, vb, row_lse, *, inv_tau, swapped, fg_
         return torch.zeros_like(fa), torch.zeros_like(fb)
     grad_fa = torch.empty_like(fa)
     grad_fb = torch.empty_like(fb)
-    args = (grad_row.contiguous(), fa, pa, fb, pb, va, vb, n_cols, row_lse)
-    meta["BROADCAST_SUM"] = fa.dtype == torch.float64
-    _pdcr_bwd_rows_kernel[(triton.cdiv(N, meta["BLOCK_N"]), B)](*args, grad_fa, N, M, C, inv_tau_t, **meta)
-    _pdcr_bwd_cols_kernel[(triton.cdiv(M, meta["BLOCK_M"]), B)](*args, grad_fb, N, M, C, inv_tau_t, **meta)
+    args = (grad_row.contiguous(), fa, pa, fb, pb, _mask(va, fa), _mask(vb, fa), n_cols, row_lse)
+    row_tiles, col_tiles = triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
+    with device_of(fa):
+        _pdcr_bwd_rows_kernel[(check_grid("pdcr_bwd", B * row_tiles),)](
+            *args, grad_fa, N, M, C, inv_tau_t, row_tiles, **meta)
+        _pdcr_bwd_cols_kernel[(check_grid("pdcr_bwd", B * col_tiles),)](
+            *args, grad_fb, N, M, C, inv_tau_t, col_tiles, **meta)
     return grad_fa, grad_fb
+
+
+def work(B, N, M, C, W, K, dtype, backward=False):
+    """(FLOPs, bytes) of one pdcr_fwd (or pdcr_bwd) call, counted as in this file's header."""
+    e = torch.empty((), dtype=dtype).element_size()
+    reads = B * ((N + M) * (C + W * K) + N) * e + B * (N + M)
+    if not backward:
+        return 2.0 * B * N * M * C + B * N * M * W * (3 * K + 8), float(reads + B * N * (1 + W) * e)
+    flops = 8.0 * B * N * M * C + 2.0 * B * N * M * W * (3 * K + 10)
+    return flops, float(reads + B * N * (1 + W) * e + B * (N + M) * C * e)

@@ -7,13 +7,24 @@ grad f_j = inv_tau · Σ_{k≠j} (a_j p_jk [valid_k] + a_k p_kj [valid_j]) f_k. 
 both terms come out of the same row sweep, so each program writes only its own rows: no atomics,
 deterministic. Same formulas as csrc/include/affseg/supcon_math.h.
 
-Memory traffic: forward reads f once per row tile (B·N·C·(N/BLOCK_M) elements from L2) and writes
-B·N statistics; backward adds the gradient (B·N·C). FLOPs: 2·B·N²·C forward, 4·B·N²·C backward.
-Nothing of size N² is stored.
+Schedule: C is never held whole. Each s tile is the sum of tl.dots over BLOCK_C-wide channel
+chunks, so shared memory and registers are bounded by the tile sizes, not by C. The backward's
+output row tile holds only BLOCK_D channels: its grid has one program per (image, row tile,
+BLOCK_D chunk) and each program recomputes s over all of C, so D = ⌈C/BLOCK_D⌉ > 1 (C above
+BLOCK_D, see _launch_config) repeats the s work D times.
 
-Limits: C ≤ 1024 (one channel block per tile); float32 or float64 (float64 dots in float64). fp32
-``tl.dot`` takes INPUT_PRECISION ("ieee" by default: tf32's 1e-3 error exceeds SPEC's 1e-4).
+FLOPs (counted by `work`): forward 2·B·N²·C; backward (2·D + 2)·B·N²·C (D recomputations of s,
+one w·f product over all D chunks). Memory traffic, compulsory (each tensor once; the re-reads of
+f by every row tile come from L2 and are not counted), e = element bytes: forward reads f and
+valid and writes lse: B·N·(C·e + 1 + e); backward reads f, valid, grad and lse and writes grad f:
+B·N·(2·C·e + 1 + 2·e). Nothing of size N² is stored.
+
+Limits (LIMITS): C ≤ 1024; float32 or float64 (float64 dots in float64; fp16/bf16 callers upcast
+to float32 first). fp32 ``tl.dot`` takes INPUT_PRECISION "ieee" (default: tf32's 1e-3 error
+exceeds SPEC's 1e-4) or "tf32"; float64 always uses "ieee". Offsets are int64, so N·C is unbounded.
 NaN in a row's logits makes its lse NaN (an explicit flag, since tl.max's NaN handling is unspecified).
+GPU tile sizes come from compiling every configuration for sm_90 (tests/test_triton_sm90.py):
+≤ 227 KB shared memory and no spills at every C ≤ 1024 and dtype; no GPU run has been made yet.
 Must match ``affseg.reference.soft_supcon_loss`` through ``affseg.soft_supcon_loss``.
 """
 from __future__ import annotations
@@ -22,27 +33,48 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import check_grid, device_of, on_gpu, scalar
+
+LIMITS = {"channels": 1024, "dtypes": (torch.float32, torch.float64)}
+INPUT_PRECISIONS = ("ieee", "tf32")
+
 
 @triton.jit
-def _cos_lse_fwd_kernel(f_ptr, valid_ptr, lse_ptr, N, C, inv_tau,
+def _logits(base, rows, cols, r_mask, k_mask, C, inv_tau,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+            INPUT_PRECISION: tl.constexpr):
+    """s = inv_tau · f[rows] · f[cols]ᵀ, a [BLOCK_M, BLOCK_N] tile summed over BLOCK_C chunks of C."""
+    s = tl.zeros([BLOCK_M, BLOCK_N], dtype=base.dtype.element_ty)
+    r_off = rows[:, None].to(tl.int64) * C
+    k_off = cols[:, None].to(tl.int64) * C
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        c_mask = cs < C
+        q = tl.load(base + r_off + cs[None, :], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
+        kt = tl.load(base + k_off + cs[None, :], mask=k_mask[:, None] & c_mask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(kt), s, input_precision=INPUT_PRECISION, out_dtype=s.dtype)
+    return s * inv_tau
+
+
+@triton.jit
+def _cos_lse_fwd_kernel(f_ptr, valid_ptr, lse_ptr, N, C, inv_tau_ptr, TILES,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                         INPUT_PRECISION: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cs = tl.arange(0, BLOCK_C)
+    pid = tl.program_id(0)
+    b = (pid // TILES).to(tl.int64)
+    rows = (pid % TILES) * BLOCK_M + tl.arange(0, BLOCK_M)
     r_mask = rows < N
-    c_mask = cs < C
     base = f_ptr + b * N * C
-    q = tl.load(base + rows[:, None].to(tl.int64) * C + cs[None, :], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
-    m = tl.full([BLOCK_M], float("-inf"), dtype=q.dtype)
-    s_sum = tl.zeros([BLOCK_M], dtype=q.dtype)
+    inv_tau = tl.load(inv_tau_ptr)
+    dtype = f_ptr.dtype.element_ty
+    m = tl.full([BLOCK_M], float("-inf"), dtype=dtype)
+    s_sum = tl.zeros([BLOCK_M], dtype=dtype)
     nan = tl.zeros([BLOCK_M], dtype=tl.int32)
     for k0 in range(0, N, BLOCK_N):
         cols = k0 + tl.arange(0, BLOCK_N)
         k_mask = cols < N
-        kt = tl.load(base + cols[:, None].to(tl.int64) * C + cs[None, :], mask=k_mask[:, None] & c_mask[None, :], other=0.0)
         vk = tl.load(valid_ptr + b * N + cols, mask=k_mask, other=0) != 0
-        s = tl.dot(q, tl.trans(kt), input_precision=INPUT_PRECISION) * inv_tau
+        s = _logits(base, rows, cols, r_mask, k_mask, C, inv_tau, BLOCK_M, BLOCK_N, BLOCK_C, INPUT_PRECISION)
         keep = vk[None, :] & (rows[:, None] != cols[None, :])
         s = tl.where(keep, s, float("-inf"))
         nan = tl.maximum(nan, tl.max((s != s).to(tl.int32), axis=1))
@@ -56,63 +88,104 @@ def _cos_lse_fwd_kernel(f_ptr, valid_ptr, lse_ptr, N, C, inv_tau,
 
 
 @triton.jit
-def _cos_lse_bwd_kernel(f_ptr, valid_ptr, grad_ptr, lse_ptr, out_ptr, N, C, inv_tau,
+def _live_grad(grad_ptr, lse_ptr, offs, mask):
+    """(live, g, lse): rows with g ≠ 0 and lse > −inf take part. The caller masks the 2-D terms with
+    live instead of zeroing g and lse here: 1-D selects next to fp64 dots hit a Triton layout bug
+    (sm_90: "'arith.select' op expected condition type to have the same shape")."""
+    g = tl.load(grad_ptr + offs, mask=mask, other=0.0)
+    lse = tl.load(lse_ptr + offs, mask=mask, other=0.0)
+    return (g != 0.0) & (lse != float("-inf")), g, lse
+
+
+@triton.jit
+def _cos_lse_bwd_kernel(f_ptr, valid_ptr, grad_ptr, lse_ptr, out_ptr, N, C, inv_tau_ptr, TILES, CHUNKS,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                        INPUT_PRECISION: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cs = tl.arange(0, BLOCK_C)
+                        BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    pid = tl.program_id(0)
+    ds = (pid % CHUNKS) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rest = pid // CHUNKS
+    b = (rest // TILES).to(tl.int64)
+    rows = (rest % TILES) * BLOCK_M + tl.arange(0, BLOCK_M)
     r_mask = rows < N
-    c_mask = cs < C
+    d_mask = ds < C
     base = f_ptr + b * N * C
-    q = tl.load(base + rows[:, None].to(tl.int64) * C + cs[None, :], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
-    g_j = tl.load(grad_ptr + b * N + rows, mask=r_mask, other=0.0)
-    l_j = tl.load(lse_ptr + b * N + rows, mask=r_mask, other=0.0)
+    inv_tau = tl.load(inv_tau_ptr)
     v_j = tl.load(valid_ptr + b * N + rows, mask=r_mask, other=0) != 0
-    live_j = (g_j != 0.0) & (l_j != float("-inf"))
-    a_j = tl.where(live_j, g_j, 0.0)
-    l_j = tl.where(live_j, l_j, 0.0)
-    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=q.dtype)
+    live_j, a_j, l_j = _live_grad(grad_ptr, lse_ptr, b * N + rows, r_mask)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=f_ptr.dtype.element_ty)
     for k0 in range(0, N, BLOCK_N):
         cols = k0 + tl.arange(0, BLOCK_N)
         k_mask = cols < N
-        kt = tl.load(base + cols[:, None].to(tl.int64) * C + cs[None, :], mask=k_mask[:, None] & c_mask[None, :], other=0.0)
         v_k = tl.load(valid_ptr + b * N + cols, mask=k_mask, other=0) != 0
-        g_k = tl.load(grad_ptr + b * N + cols, mask=k_mask, other=0.0)
-        l_k = tl.load(lse_ptr + b * N + cols, mask=k_mask, other=0.0)
-        live_k = (g_k != 0.0) & (l_k != float("-inf"))
-        a_k = tl.where(live_k, g_k, 0.0)
-        l_k = tl.where(live_k, l_k, 0.0)
-        s = tl.dot(q, tl.trans(kt), input_precision=INPUT_PRECISION) * inv_tau
+        live_k, a_k, l_k = _live_grad(grad_ptr, lse_ptr, b * N + cols, k_mask)
+        s = _logits(base, rows, cols, r_mask, k_mask, C, inv_tau, BLOCK_M, BLOCK_N, BLOCK_C, INPUT_PRECISION)
         forward = tl.where(v_k[None, :] & live_j[:, None], a_j[:, None] * tl.exp(s - l_j[:, None]), 0.0)
         transposed = tl.where(v_j[:, None] & live_k[None, :], a_k[None, :] * tl.exp(s - l_k[None, :]), 0.0)
         off_diag = (rows[:, None] != cols[None, :]) & k_mask[None, :]
-        w = tl.where(off_diag, forward + transposed, 0.0).to(kt.dtype)
-        acc += tl.dot(w, kt, input_precision=INPUT_PRECISION)
-    tl.store(out_ptr + b * N * C + rows[:, None].to(tl.int64) * C + cs[None, :], acc * inv_tau,
-             mask=r_mask[:, None] & c_mask[None, :])
+        w = tl.where(off_diag, forward + transposed, 0.0)
+        kd = tl.load(base + cols[:, None].to(tl.int64) * C + ds[None, :],
+                     mask=k_mask[:, None] & d_mask[None, :], other=0.0)
+        acc = tl.dot(w, kd, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+    tl.store(out_ptr + b * N * C + rows[:, None].to(tl.int64) * C + ds[None, :], acc * inv_tau,
+             mask=r_mask[:, None] & d_mask[None, :])
 
 
-def _blocks(N: int, C: int):
-    block_c = max(16, triton.next_power_of_2(C))
-    if block_c > 1024:
-        raise ValueError(f"the Triton cos_lse kernels take C <= 1024 channels, got {C}")
+def _launch_config(N: int, C: int, dtype: torch.dtype, input_precision: str = "ieee", gpu: bool = True) -> dict:
+    """Tile sizes and launch options for one call.
+
+    GPU: chosen by compiling for sm_90 (tests/test_triton_sm90.py checks every C ≤ 1024 and dtype):
+    the channel chunk BLOCK_C bounds the operand buffers (shared memory), BLOCK_D the backward's
+    accumulator (registers). Interpreter: large tiles (its cost is per tile step), still chunked
+    below C = 1024 so that the chunk loops run in the CPU tests."""
+    pow2 = max(16, triton.next_power_of_2(C))
     block = 32 if N <= 32 else 64
-    return block, block, block_c
+    warps = 4 if block == 32 else 8  # 8 warps on a 32-row tile replicate it and cap registers at 64
+    if not gpu:
+        return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 512), BLOCK_D=min(pow2, 256),
+                    num_warps=4, num_stages=1)
+    if dtype == torch.float64:
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
+                    num_warps=4, num_stages=2)
+    if input_precision == "ieee":  # FMA dots: both operands pass through registers
+        return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
+                    num_warps=warps, num_stages=2)
+    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 64), BLOCK_D=min(pow2, 128),
+                num_warps=warps, num_stages=2 if block == 32 else 3)  # 3 stages at 32 rows: ptxas spills
+
+
+def _mask(valid, f):
+    """valid as f's dtype: Triton sizes an mma operand's register layout by the narrowest type loaded
+    on its way (computeOrigBitWidth), and a uint8 mask gives fp64 dots a kWidth they cannot lower
+    (sm_90: "fp64 don't support largeK MMA"). B·N elements, next to B·N·C features."""
+    return valid.contiguous().to(f.dtype)
+
+
+def _setup(f, inv_tau, input_precision):
+    B, N, C = f.shape
+    if C > LIMITS["channels"] or f.dtype not in LIMITS["dtypes"]:
+        raise ValueError(f"the Triton cos_lse kernels take C <= {LIMITS['channels']} channels of "
+                         f"{LIMITS['dtypes']}, got C={C} of {f.dtype}")
+    if input_precision not in INPUT_PRECISIONS:
+        raise ValueError(f"input_precision must be one of {INPUT_PRECISIONS}, got {input_precision!r}")
+    if f.dtype == torch.float64:
+        input_precision = "ieee"  # tf32 does not apply to fp64 dots
+    cfg = _launch_config(N, C, f.dtype, input_precision, on_gpu(f))
+    cfg["INPUT_PRECISION"] = input_precision
+    return B, N, C, cfg, scalar(inv_tau, f)
 
 
 def cos_lse_fwd(f: torch.Tensor, valid: torch.Tensor, inv_tau: float, input_precision: str = "ieee") -> torch.Tensor:
     """lse (B, N) for unit rows f (B, N, C) float32/float64 and valid (B, N) bool."""
     f = f.contiguous()
-    B, N, C = f.shape
+    B, N, C, cfg, inv_tau_t = _setup(f, inv_tau, input_precision)
     lse = torch.empty(B, N, dtype=f.dtype, device=f.device)
     if lse.numel() == 0:
         return lse
-    bm, bn, bc = _blocks(N, C)
-    _cos_lse_fwd_kernel[(B, triton.cdiv(N, bm))](
-        f, valid.contiguous().view(torch.uint8), lse, N, C, float(inv_tau),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc, INPUT_PRECISION=input_precision,
-    )
+    cfg.pop("BLOCK_D")
+    tiles = triton.cdiv(N, cfg["BLOCK_M"])
+    with device_of(f):
+        _cos_lse_fwd_kernel[(check_grid("cos_lse_fwd", B * tiles),)](
+            f, _mask(valid, f), lse, N, C, inv_tau_t, tiles, **cfg)
     return lse
 
 
@@ -120,13 +193,24 @@ def cos_lse_bwd(grad_lse: torch.Tensor, f: torch.Tensor, valid: torch.Tensor, ls
                 input_precision: str = "ieee") -> torch.Tensor:
     """grad f (B, N, C) of Σ_i grad_lse_i · lse_i, recomputing the logits tile by tile."""
     f = f.contiguous()
-    B, N, C = f.shape
+    B, N, C, cfg, inv_tau_t = _setup(f, inv_tau, input_precision)
     out = torch.empty_like(f)
     if out.numel() == 0:
         return out.zero_()
-    bm, bn, bc = _blocks(N, C)
-    _cos_lse_bwd_kernel[(B, triton.cdiv(N, bm))](
-        f, valid.contiguous().view(torch.uint8), grad_lse.contiguous(), lse.contiguous(), out, N, C, float(inv_tau),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_C=bc, INPUT_PRECISION=input_precision,
-    )
+    tiles = triton.cdiv(N, cfg["BLOCK_M"])
+    chunks = triton.cdiv(C, cfg["BLOCK_D"])
+    with device_of(f):
+        _cos_lse_bwd_kernel[(check_grid("cos_lse_bwd", B * tiles * chunks),)](
+            f, _mask(valid, f), grad_lse.to(f.dtype).contiguous(), lse.contiguous(), out,
+            N, C, inv_tau_t, tiles, chunks, **cfg)
     return out
+
+
+def work(B: int, N: int, C: int, dtype: torch.dtype, backward: bool = False,
+         input_precision: str = "ieee") -> tuple[float, float]:
+    """(FLOPs, bytes) of one cos_lse_fwd (or cos_lse_bwd) call, counted as in this file's header."""
+    e = torch.empty((), dtype=dtype).element_size()
+    if not backward:
+        return 2.0 * B * N * N * C, float(B * N * (C * e + 1 + e))
+    D = triton.cdiv(C, _launch_config(N, C, dtype, input_precision, gpu=True)["BLOCK_D"])
+    return (2.0 * D + 2.0) * B * N * N * C, float(B * N * (2 * C * e + 1 + 2 * e))

@@ -126,14 +126,14 @@ def test_non_contiguous_logits(backend):
 
 
 def test_bad_input():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="mode must be one of"):
         affseg.patch_entropy(torch.randn(1, 3, 4, 4), 2, mode="renyi", backend="cpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="logits must have K >= 2 classes"):
         affseg.patch_entropy(torch.randn(1, 1, 4, 4), 2, backend="cpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="class_mask must have shape \\(1, 4, 4\\)"):
         bad_mask = torch.zeros(1, 4, 5, dtype=torch.long)
         affseg.patch_entropy(torch.randn(1, 3, 4, 4), 2, class_mask=bad_mask, backend="cpu")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="logits must be a floating-point tensor"):
         affseg.patch_entropy(torch.zeros(1, 3, 4, 4, dtype=torch.long), 2, backend="cpu")
 
 

@@ -89,15 +89,15 @@ def test_pdcr_loss_uses_the_fused_ratios(backend):
 def test_bad_input_raises():
     labels = torch.randint(0, 3, (1, 6, 6))
     centers = torch.zeros(1, 2, 2, dtype=torch.long)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
         affseg.patch_label_ratios(labels.float(), centers, (3,), 3, backend="cpu")
     bad = labels.clone()
     bad[0, 2, 3] = 5
-    with pytest.raises(ValueError, match="label 5"):
+    with pytest.raises(ValueError, match="labels must lie in .*got a label 5"):
         affseg.patch_label_ratios(bad, centers, (3,), 3, backend="cpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="centers must have shape \\(B, N, 2\\)"):
         affseg.patch_label_ratios(labels, centers[..., :1], (3,), 3, backend="cpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="window_sizes must contain values >= 1"):
         affseg.patch_label_ratios(labels, centers, (0,), 3, backend="cpu")
 
 

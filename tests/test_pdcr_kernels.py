@@ -256,11 +256,11 @@ def test_deterministic():
 
 def test_explicit_cpu_backend_rejects_bad_input():
     feats, phi = torch.randn(1, 5, 3), torch.rand(1, 1, 5, 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="exclude_self applies to intra-layer pairs only"):
         affseg.pdcr_loss_from_ratios(feats, phi, feats_b=feats, phi_b=phi, exclude_self=True, backend="cpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tau must be a finite number > 0"):
         affseg.pdcr_loss_from_ratios(feats, phi, tau=0.0, backend="cpu")
-    with pytest.raises(RuntimeError):  # direct op calls are checked in C++
+    with pytest.raises(RuntimeError, match="dtype"):  # direct op calls are checked in C++
         torch.ops.affseg.pdcr_fwd(feats, phi, feats, phi.double(), torch.ones(1, 5, dtype=torch.bool),
                                   torch.ones(1, 5, dtype=torch.bool), 1.0, False, False, False)
 

@@ -1,4 +1,4 @@
-"""The Triton PDCR kernels (kernels/pdcr.py, affseg/_ops/pdcr_triton.py) against affseg.reference.
+"""The Triton PDCR kernels (kernels/pdcr.py, registered in affseg/_ops/pdcr.py) against affseg.reference.
 
 On CPU the kernels run in the Triton interpreter (conftest sets TRITON_INTERPRET=1), so sizes stay
 small (N ≤ 300, tiles ≥ 32). Each case checks the per-row loss and the gradients of both feature
@@ -10,14 +10,18 @@ import torch.nn.functional as F
 
 import affseg
 from affseg import reference
-from affseg._ops import pdcr_triton
+from affseg._ops import pdcr as pdcr_ops
 
 pytestmark = pytest.mark.skipif(
-    not hasattr(pdcr_triton, "pdcr_rows_triton"), reason="Triton could not be imported on this machine"
+    not hasattr(torch.ops.affseg, "triton_pdcr_fwd"), reason="Triton could not be imported on this machine"
 )
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 DTYPES = [torch.float32, torch.float64]
+
+
+def _triton_rows(*args, **kwargs):
+    return pdcr_ops.pdcr_rows(*args, backend="triton", **kwargs)
 
 
 def _ratios(B, W, N, K, dtype, gen):
@@ -50,7 +54,7 @@ def _kernel_rows(inputs, tau, orientation, divergence, exclude_self, input_preci
         pb, vb = inputs["phi_b"], inputs["valid_b"]
     else:
         fb, pb, vb = fa, inputs["phi"], inputs["valid"]
-    return pdcr_triton.pdcr_rows_triton(
+    return _triton_rows(
         fa, inputs["phi"], fb, pb, inputs["valid"], vb, inv_tau=1.0 / tau, swapped=orientation == "swapped",
         fg_l1=divergence == "fg_l1", exclude_self=exclude_self, input_precision=input_precision,
     )
@@ -146,10 +150,10 @@ def test_intra_layer_gradient_sums_both_roles():
     fb = fa.detach().clone().requires_grad_()
     opts = dict(inv_tau=2.0, swapped=False, fg_l1=False, exclude_self=False)
     phi, valid = inputs["phi"], inputs["valid"]
-    rows = pdcr_triton.pdcr_rows_triton(fa, phi, fb, phi, valid, valid, **opts)
+    rows = _triton_rows(fa, phi, fb, phi, valid, valid, **opts)
     grad_fa, grad_fb = torch.autograd.grad(rows.sum(), [fa, fb])
     shared = fa.detach().clone().requires_grad_()
-    rows_shared = pdcr_triton.pdcr_rows_triton(shared, phi, shared, phi, valid, valid, **opts)
+    rows_shared = _triton_rows(shared, phi, shared, phi, valid, valid, **opts)
     (grad,) = torch.autograd.grad(rows_shared.sum(), [shared])
     torch.testing.assert_close(grad, grad_fa + grad_fb, rtol=1e-12, atol=1e-14)
 
@@ -236,7 +240,7 @@ def test_torch_compile_fullgraph():
     phi, valid = inputs["phi"], inputs["valid"]
 
     def loss_fn(f):
-        return pdcr_triton.pdcr_rows_triton(f, phi, f, phi, valid, valid, inv_tau=2.0, swapped=False,
+        return _triton_rows(f, phi, f, phi, valid, valid, inv_tau=2.0, swapped=False,
                                             fg_l1=False, exclude_self=True).sum()
 
     got = torch.compile(loss_fn, fullgraph=True)(feats)

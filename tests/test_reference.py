@@ -252,6 +252,27 @@ def test_patch_label_ratios_ignore_index_inside_class_range():
     assert phi.tolist() == [[[[0.0, 1.0]]]] and valid.all()
 
 
+@pytest.mark.parametrize("spatial", [(6, 5), (4, 6, 5)], ids=["2d", "3d"])
+def test_patch_label_ratios_empty_batch(spatial):
+    # B = 0 used to fail in the corner gather (reshape(0, 1, -1) cannot infer -1); the fused
+    # backends return empty φ, so the reference must too.
+    labels = torch.zeros(0, *spatial, dtype=torch.long)
+    centers = torch.zeros(0, 7, len(spatial), dtype=torch.long)
+    phi, valid = reference.patch_label_ratios(labels, centers, (3, 5), 4)
+    assert phi.shape == (0, 2, 7, 4) and phi.dtype == torch.float32
+    assert valid.shape == (0, 2, 7) and valid.dtype == torch.bool
+
+
+def test_pdcr_loss_empty_batch_is_zero_with_grad_fn():
+    features = torch.randn(0, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.zeros(0, 12, 12, dtype=torch.long)
+    for reduction in ("mean", "sum"):
+        loss = reference.pdcr_loss(features, labels, num_classes=3, reduction=reduction)
+        assert loss.item() == 0.0 and loss.grad_fn is not None
+        loss.backward()
+    assert reference.pdcr_loss(features, labels, num_classes=3, reduction="none").shape == (0, 9)
+
+
 # --------------------------------------------------------------------------------------------
 # §2 patch_affinity
 # --------------------------------------------------------------------------------------------
@@ -369,6 +390,32 @@ def test_pdcr_dtypes_and_nan_propagation():
     assert reference.pdcr_loss_from_ratios(feats.double(), phi).dtype == torch.float64
     feats[0, 1, 0] = float("nan")
     assert reference.pdcr_loss_from_ratios(feats, phi).isnan()
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["intra", "cross"])
+def test_pdcr_nan_at_invalid_location_drops_out(cross):
+    # SPEC §9: the loss ignored it already, but its NaN reached every gradient through the
+    # similarity matmul's backward.
+    gen = seeded(10)
+    feats = torch.randn(1, 5, 3, dtype=torch.float64, generator=gen)
+    phi = random_ratios((1, 2, 5, 3), gen)
+    valid = torch.tensor([[True, True, False, True, True]])
+    kwargs = dict(valid=valid)
+    if cross:
+        feats_b = torch.randn(1, 4, 3, dtype=torch.float64, generator=gen)
+        feats_b[0, 1] = float("nan")
+        kwargs.update(feats_b=feats_b.requires_grad_(True), phi_b=random_ratios((1, 2, 4, 3), gen),
+                      valid_b=torch.tensor([[True, False, True, True]]))
+    clean = reference.pdcr_loss_from_ratios(feats, phi, **kwargs)
+    feats[0, 2] = float("nan")
+    feats.requires_grad_(True)
+    loss = reference.pdcr_loss_from_ratios(feats, phi, **kwargs)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, clean, **F64)
+    loss.backward()
+    assert torch.isfinite(feats.grad).all() and feats.grad[0, 2].abs().sum() == 0
+    if cross:
+        assert torch.isfinite(kwargs["feats_b"].grad).all()
 
 
 def test_pdcr_gradcheck():
@@ -493,6 +540,28 @@ def test_soft_supcon_no_counted_rows_and_gradcheck():
         lambda f: reference.soft_supcon_loss(f, soft, tau=0.5), features)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_soft_supcon_nonfinite_ignored_row_drops_out(bad):
+    # SPEC §4/§9: an ignored row drops out as row and column even when its features are NaN/Inf;
+    # 0 weight × NaN similarity used to turn every row that shares its class id NaN.
+    gen = seeded(15)
+    features = torch.randn(2, 7, 4, dtype=torch.float64, generator=gen)
+    labels = torch.tensor([[0, 1, 0, -1, 1, 2, 2], [1, 1, 0, 0, -1, -1, 0]])
+    features[0, 3] = bad
+    features[1, 4, 1] = bad
+    features.requires_grad_(True)
+    none = reference.soft_supcon_loss(features, labels, tau=0.3, ignore_index=-1,
+                                      reduction="none")
+    for b in range(2):
+        rows, _ = loop_supcon(features[b].detach(), labels[b].tolist(), 0.3, ignore_index=-1)
+        torch.testing.assert_close(none[b], rows, **F64)
+    loss = reference.soft_supcon_loss(features, labels, tau=0.3, ignore_index=-1)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(features.grad).all()
+    assert features.grad[0, 3].abs().sum() == 0 and features.grad[1, 4].abs().sum() == 0
+
+
 # --------------------------------------------------------------------------------------------
 # §5 patch entropy
 # --------------------------------------------------------------------------------------------
@@ -585,6 +654,19 @@ def test_uafs_gradcheck():
 # --------------------------------------------------------------------------------------------
 
 
+def loop_graph_rows(y_t, y_s, sigma, gamma, distance, diag):
+    """Per-node terms ℓ_i = (1 − A_ii) (or A_ii) + (γ/N)‖A‖_*, from a loop-built A."""
+    n = len(y_t)
+    a = np.zeros((n, n))
+    for i, j in itertools.product(range(n), repeat=2):
+        diffs = [t - s for t, s in zip(y_t[i].tolist(), y_s[j].tolist())]
+        dist = sum(d * d for d in diffs) if distance == "sqeuclidean" else sum(map(abs, diffs))
+        a[i, j] = math.exp(-dist / (2 * sigma**2))
+    nuclear = np.linalg.svd(a, compute_uv=False).sum()
+    return [(1 - a[i, i] if diag == "one_minus" else a[i, i]) + gamma * nuclear / n
+            for i in range(n)]
+
+
 def loop_graph_loss(y_t, y_s, sigma, gamma, distance, diag, reduction):
     n = len(y_t)
     a = np.zeros((n, n))
@@ -628,6 +710,41 @@ def test_affinity_graph_loss_empty():
     y_s = torch.zeros(0, 3, requires_grad=True)
     loss = reference.affinity_graph_loss(torch.zeros(0, 3), y_s)
     assert loss.item() == 0.0 and loss.grad_fn is not None
+    assert reference.affinity_graph_loss(torch.zeros(0, 3), y_s, reduction="none").shape == (0,)
+
+
+@pytest.mark.parametrize("diag", ["one_minus", "literal"])
+def test_affinity_graph_loss_none_is_per_node_and_reduces_to_mean_and_sum(diag):
+    gen = seeded(23)
+    y_t = torch.softmax(torch.randn(7, 3, dtype=torch.float64, generator=gen), dim=1)
+    y_s = torch.softmax(torch.randn(7, 3, dtype=torch.float64, generator=gen), dim=1)
+    kwargs = dict(sigma=0.6, gamma=0.4, diag=diag)
+    rows = reference.affinity_graph_loss(y_t, y_s, reduction="none", **kwargs)
+    expected = loop_graph_rows(y_t, y_s, distance="sqeuclidean", **kwargs)
+    assert rows.shape == (7,)
+    torch.testing.assert_close(rows, torch.tensor(expected, dtype=torch.float64), **F64)
+    torch.testing.assert_close(reference.affinity_graph_loss(y_t, y_s, **kwargs).item(),
+                               sum(expected) / 7, **F64)
+    torch.testing.assert_close(reference.affinity_graph_loss(y_t, y_s, reduction="sum",
+                                                             **kwargs).item(), sum(expected), **F64)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", ["y_s", "y_t"])
+@pytest.mark.parametrize("gamma", [0.0, 0.1])
+def test_affinity_graph_loss_nonfinite_input_gives_nan(bad, where, gamma):
+    # SPEC §9: NaN used to raise LinAlgError in the SVD (even with γ = 0, the norm was still
+    # taken) and Inf only zeroed entries of A, giving a finite loss.
+    gen = seeded(24)
+    y_t = torch.softmax(torch.randn(5, 3, dtype=torch.float64, generator=gen), dim=1)
+    y_s = torch.softmax(torch.randn(5, 3, dtype=torch.float64, generator=gen), dim=1)
+    (y_s if where == "y_s" else y_t)[2, 1] = bad
+    y_s.requires_grad_(True)
+    for reduction in ("mean", "sum"):
+        loss = reference.affinity_graph_loss(y_t, y_s, gamma=gamma, reduction=reduction)
+        assert loss.isnan(), loss
+        loss.backward()  # must not raise
+    assert reference.affinity_graph_loss(y_t, y_s, gamma=gamma, reduction="none").isnan().all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -636,6 +753,11 @@ def test_affinity_graph_loss_empty():
 
 
 def loop_infonce(q, k_pos, negatives, alpha, tau, n_hard, pairs, mode):
+    losses = loop_infonce_rows(q, k_pos, negatives, alpha, tau, n_hard, pairs, mode)
+    return sum(losses) / len(losses)
+
+
+def loop_infonce_rows(q, k_pos, negatives, alpha, tau, n_hard, pairs, mode):
     def unit(v):
         norm = max(math.sqrt(sum(x * x for x in v)), 1e-8)
         return [x / norm for x in v]
@@ -658,7 +780,7 @@ def loop_infonce(q, k_pos, negatives, alpha, tau, n_hard, pairs, mode):
             h = unit([a * x + (1 - a) * y for x, y in zip(negs[i], negs[j])])
             logits.append(dot(qb, h) / tau)
         losses.append(-logits[0] + math.log(sum(math.exp(z) for z in logits)))
-    return sum(losses) / len(losses)
+    return losses
 
 
 def infonce_inputs(seed, num_negatives=12):
@@ -684,6 +806,40 @@ def test_mixed_negative_infonce_matches_loop(mode):
     loss.backward()
     assert q.grad is not None
     assert k_pos.grad is None and negatives.grad is None and alpha.grad is None
+
+
+@pytest.mark.parametrize("mode", ["queue_plus_mixed", "mixed_only"])
+@pytest.mark.parametrize("where", ["q", "k_pos", "negatives", "alpha"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_mixed_negative_infonce_nonfinite_input_gives_nan(mode, where, bad):
+    # SPEC §9; an α (or, in "mixed_only", a negative) outside the drawn pairs used to leave the
+    # loss finite.
+    inputs = dict(zip(("q", "k_pos", "negatives", "alpha"), infonce_inputs(26)))
+    with torch.no_grad():
+        inputs[where].view(-1)[-1] = bad
+    pairs = torch.tensor([[[0, 1]], [[1, 0]], [[0, 1]]])
+    loss = reference.mixed_negative_infonce(*inputs.values(), n_hard=2, n_mix=1, mode=mode, pairs=pairs)
+    assert loss.isnan(), loss
+    loss.backward()  # must not raise
+    rows = reference.mixed_negative_infonce(*inputs.values(), n_hard=2, n_mix=1, mode=mode, pairs=pairs,
+                                            reduction="none")
+    assert rows.isnan().all()
+
+
+def test_mixed_negative_infonce_none_is_per_query_and_reduces_to_mean_and_sum():
+    q, k_pos, negatives, alpha = infonce_inputs(25)
+    pairs = torch.tensor([[[0, 1], [2, 0]], [[1, 2], [3, 1]], [[3, 0], [0, 2]]])
+    kwargs = dict(tau=0.3, n_hard=4, n_mix=2, pairs=pairs)
+    rows = reference.mixed_negative_infonce(q, k_pos, negatives, alpha, reduction="none", **kwargs)
+    expected = loop_infonce_rows(q, k_pos, negatives, alpha, 0.3, 4, pairs, "queue_plus_mixed")
+    assert rows.shape == (3,)
+    torch.testing.assert_close(rows, torch.tensor(expected, dtype=torch.float64), **F64)
+    torch.testing.assert_close(
+        reference.mixed_negative_infonce(q, k_pos, negatives, alpha, reduction="sum", **kwargs).item(),
+        sum(expected), **F64)
+    torch.testing.assert_close(
+        reference.mixed_negative_infonce(q, k_pos, negatives, alpha, **kwargs).item(),
+        sum(expected) / 3, **F64)
 
 
 def test_mixed_negative_infonce_generator_reproducibility():

@@ -169,13 +169,13 @@ def test_torch_compile_fullgraph():
 
 def test_bad_input_raises():
     features = torch.randn(10, 4)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="features must be a floating-point tensor"):
         affseg.soft_supcon_loss(features.long(), torch.zeros(10, dtype=torch.long), backend="cpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="labels must be int labels .* got shape \\(9,\\)"):
         affseg.soft_supcon_loss(features, torch.zeros(9, dtype=torch.long), backend="cpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tau must be a finite number > 0"):
         affseg.soft_supcon_loss(features, torch.zeros(10, dtype=torch.long), tau=0.0, backend="cpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ignore_index applies to integer labels only"):
         affseg.soft_supcon_loss(features, torch.rand(10, 3), ignore_index=1, backend="cpu")
 
 

@@ -100,11 +100,11 @@ def test_gradcheck_cpu():
 
 def test_bad_input():
     x = torch.randn(1, 3, 4, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="att_logits must have M >= 2 channels"):
         affseg.uafs_reweight(x, torch.randn(1, 1, 4, 4), backend="cpu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="att_logits must match x"):
         affseg.uafs_reweight(x, torch.randn(1, 2, 4, 5), backend="cpu")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="att_logits must have the dtype of x"):
         affseg.uafs_reweight(x, torch.randn(1, 2, 4, 4, dtype=torch.float64), backend="cpu")
 
 

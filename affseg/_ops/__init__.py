@@ -2,9 +2,9 @@
 
 Imported by `affseg/__init__.py` so that torch.compile and opcheck see every op.
 """
-from affseg._ops import pdcr_triton  # noqa: F401
 from affseg._ops import labels  # noqa: F401
 from affseg._ops import pdcr  # noqa: F401
 from affseg._ops import entropy  # noqa: F401
 from affseg._ops import uafs  # noqa: F401
 from affseg._ops import supcon  # noqa: F401
+from affseg._ops import agcl  # noqa: F401

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from affseg import _backend, _extension
+from affseg._ops._register import define
 
 
 def _empty_outputs(logits: torch.Tensor, patch_size, shannon: bool, class_mask: Optional[torch.Tensor]):
@@ -27,27 +28,20 @@ def _empty_outputs(logits: torch.Tensor, patch_size, shannon: bool, class_mask: 
 
 
 if _extension.HAS_C:
-
-    @torch.library.register_fake("affseg::patch_entropy")
-    def _patch_entropy_fake(logits, patch_size, shannon, class_mask):
-        return _empty_outputs(logits, patch_size, shannon, class_mask)
+    define("patch_entropy", fake=_empty_outputs)
 
 
 _kernels = _backend.load_triton_kernels("entropy")
 
 if _kernels is not None:
 
-    @torch.library.custom_op("affseg::triton_patch_entropy", mutates_args=())
-    def triton_patch_entropy(
+    def _triton(
         logits: torch.Tensor, patch_size: list[int], shannon: bool, class_mask: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _kernels.patch_entropy(logits, patch_size, shannon, class_mask)
 
-    @triton_patch_entropy.register_fake
-    def _triton_patch_entropy_fake(logits, patch_size, shannon, class_mask):
-        return _empty_outputs(logits, patch_size, shannon, class_mask)
-
-    _backend.register_triton("patch_entropy")
+    define("triton_patch_entropy", impl=_triton, fake=_empty_outputs)
+    _backend.register_triton("patch_entropy", _kernels)
 
 
 def patch_entropy(logits, patch_size, shannon, class_mask, backend):

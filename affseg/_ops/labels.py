@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from affseg import _backend, _extension
+from affseg._ops._register import define
 
 
 def _empty_outputs(labels: torch.Tensor, centers: torch.Tensor, window_sizes, num_classes: int):
@@ -20,29 +21,26 @@ def _empty_outputs(labels: torch.Tensor, centers: torch.Tensor, window_sizes, nu
     return phi, labels.new_empty(shape, dtype=torch.bool)
 
 
-if _extension.HAS_C:
+def _fake(labels, centers, window_sizes, num_classes, ignore_index):
+    return _empty_outputs(labels, centers, window_sizes, num_classes)
 
-    @torch.library.register_fake("affseg::patch_label_ratios")
-    def _patch_label_ratios_fake(labels, centers, window_sizes, num_classes, ignore_index):
-        return _empty_outputs(labels, centers, window_sizes, num_classes)
+
+if _extension.HAS_C:
+    define("patch_label_ratios", fake=_fake)
 
 
 _kernels = _backend.load_triton_kernels("labels")
 
 if _kernels is not None:
 
-    @torch.library.custom_op("affseg::triton_patch_label_ratios", mutates_args=())
-    def triton_patch_label_ratios(
+    def _triton(
         labels: torch.Tensor, centers: torch.Tensor, window_sizes: list[int], num_classes: int,
         ignore_index: Optional[int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return _kernels.patch_label_ratios(labels, centers, window_sizes, num_classes, ignore_index)
 
-    @triton_patch_label_ratios.register_fake
-    def _triton_patch_label_ratios_fake(labels, centers, window_sizes, num_classes, ignore_index):
-        return _empty_outputs(labels, centers, window_sizes, num_classes)
-
-    _backend.register_triton("patch_label_ratios")
+    define("triton_patch_label_ratios", impl=_triton, fake=_fake)
+    _backend.register_triton("patch_label_ratios", _kernels)
 
 
 def patch_label_ratios(labels, centers, window_sizes, num_classes, ignore_index, backend):

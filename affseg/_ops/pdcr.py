@@ -1,67 +1,77 @@
-"""Fake kernels and autograd for the fused PDCR ops (SPEC §3), and the backend switch.
+"""Fake kernels and autograd for the fused PDCR ops (SPEC §3) on every backend, and the switch.
 
 `pdcr_rows` returns the per-row loss (B, N) of the contrastive term on unit rows; it is
 differentiable w.r.t. `fa` and `fb`. Intra-layer callers pass the same tensor as `fa` and `fb`:
 autograd then adds the row and column gradients into that one tensor, which is the derivative
-of the loss in its two roles.
+of the loss in its two roles. The C++ ops (`affseg::pdcr_fwd`/`pdcr_bwd`, CPU and CUDA) and the
+Triton ops (`affseg::triton_pdcr_fwd`/`triton_pdcr_bwd`) share one contract, so they share the
+fake kernels and the autograd declaration.
 """
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from affseg import _extension
+from affseg import _backend, _extension
+from affseg._ops._register import Gradient, define, differentiable
 
-_C_BACKENDS = ("cpu", "cuda")
+
+def _fwd_fake(fa, pa, fb, pb, va, vb, *options):
+    torch._check(fa.dim() == 3 and fb.dim() == 3 and pa.dim() == 4 and pb.dim() == 4,
+                 lambda: "pdcr: fa, fb must be (B, N, C) and phia, phib (B, W, N, K)")
+    B, N, C = fa.shape
+    torch._check(fb.shape[0] == B and fb.shape[2] == C, lambda: "pdcr: fa and fb must share B and C")
+    torch._check(pa.shape[0] == B and pa.shape[2] == N, lambda: "pdcr: phia must be (B, W, N, K)")
+    return fa.new_empty((B, N)), fa.new_empty((B, N, pa.shape[1]))
 
 
-def _register() -> None:
-    @torch.library.register_fake("affseg::pdcr_fwd")
-    def _pdcr_fwd_fake(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped, fg_l1, exclude_self):
-        torch._check(fa.dim() == 3 and fb.dim() == 3 and phia.dim() == 4 and phib.dim() == 4)
-        B, N, _ = fa.shape
-        return fa.new_empty((B, N)), fa.new_empty((B, N, phia.shape[1]))
+def _bwd_fake(grad_row, fa, pa, fb, pb, va, vb, row_lse, *options):
+    torch._check(grad_row.shape == fa.shape[:2], lambda: "pdcr: grad_row must be (B, N)")
+    return torch.empty_like(fa), torch.empty_like(fb)
 
-    @torch.library.register_fake("affseg::pdcr_bwd")
-    def _pdcr_bwd_fake(grad_row, fa, phia, fb, phib, valid_a, valid_b, row_lse, inv_tau, swapped, fg_l1,
-                       exclude_self):
-        torch._check(grad_row.shape == fa.shape[:2])
-        return torch.empty_like(fa), torch.empty_like(fb)
 
-    def _setup_context(ctx, inputs, output):
-        fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped, fg_l1, exclude_self = inputs
-        ctx.save_for_backward(fa, phia, fb, phib, valid_a, valid_b, output[1])
-        ctx.options = (inv_tau, swapped, fg_l1, exclude_self)
-
-    def _backward(ctx, grad_row, grad_lse):
-        # row_lse is a saved statistic, not a differentiable output: its gradient is ignored.
-        fa, phia, fb, phib, valid_a, valid_b, row_lse = ctx.saved_tensors
-        if grad_row is None:
-            return (None,) * 10
-        grad_fa, grad_fb = torch.ops.affseg.pdcr_bwd(
-            grad_row.contiguous(), fa, phia, fb, phib, valid_a, valid_b, row_lse, *ctx.options
-        )
-        return grad_fa, None, grad_fb, None, None, None, None, None, None, None
-
-    torch.library.register_autograd("affseg::pdcr_fwd", _backward, setup_context=_setup_context)
+def _gradient(bwd) -> Gradient:
+    # fwd(fa, phia, fb, phib, valid_a, valid_b, *options) -> (row_loss, row_lse);
+    # bwd(grad_row, fa, phia, fb, phib, valid_a, valid_b, row_lse, *options) -> (grad_fa, grad_fb).
+    return Gradient("pdcr_loss_from_ratios", bwd, tensor_inputs=6, grad_inputs=(0, 2), saved_outputs=(1,))
 
 
 if _extension.HAS_C:
-    _register()
+    define("pdcr_fwd", fake=_fwd_fake)
+    differentiable("pdcr_fwd", _gradient(define("pdcr_bwd", fake=_bwd_fake)))
 
 
-def pdcr_rows(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self, backend):
+_kernels = _backend.load_triton_kernels("pdcr")
+
+if _kernels is not None:
+
+    def _triton_fwd(
+        fa: Tensor, pa: Tensor, fb: Tensor, pb: Tensor, va: Tensor, vb: Tensor,
+        inv_tau: float, swapped: bool, fg_l1: bool, exclude_self: bool, input_precision: str,
+    ) -> tuple[Tensor, Tensor]:
+        return _kernels.pdcr_fwd(fa, pa, fb, pb, va, vb, inv_tau=inv_tau, swapped=swapped, fg_l1=fg_l1,
+                                 exclude_self=exclude_self, input_precision=input_precision)
+
+    def _triton_bwd(
+        grad_row: Tensor, fa: Tensor, pa: Tensor, fb: Tensor, pb: Tensor, va: Tensor, vb: Tensor,
+        row_lse: Tensor, inv_tau: float, swapped: bool, fg_l1: bool, exclude_self: bool, input_precision: str,
+    ) -> tuple[Tensor, Tensor]:
+        return _kernels.pdcr_bwd(grad_row, fa, pa, fb, pb, va, vb, row_lse, inv_tau=inv_tau, swapped=swapped,
+                                 fg_l1=fg_l1, exclude_self=exclude_self, input_precision=input_precision)
+
+    define("triton_pdcr_fwd", impl=_triton_fwd, fake=_fwd_fake)
+    differentiable("triton_pdcr_fwd", _gradient(define("triton_pdcr_bwd", impl=_triton_bwd, fake=_bwd_fake)))
+    _backend.register_triton("pdcr_loss_from_ratios", _kernels)
+
+
+def pdcr_rows(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self, backend, input_precision="ieee"):
     """Per-row PDCR loss (B, N) of unit rows `fa` against unit columns `fb` (SPEC §3).
 
     All floating inputs contiguous and of one dtype (float32 or float64); `va` (B, N) and `vb`
-    (B, M) bool. Rows that are invalid or have no valid column give 0.
+    (B, M) bool. Rows that are invalid or have no valid column give 0. ``input_precision`` is the
+    Triton ``tl.dot`` precision for float32 (``"ieee"`` or ``"tf32"``).
     """
+    options = (float(inv_tau), bool(swapped), bool(fg_l1), bool(exclude_self))
     if backend == "triton":
-        from affseg._ops.pdcr_triton import pdcr_rows_triton
-
-        return pdcr_rows_triton(fa, pa, fb, pb, va, vb, inv_tau=inv_tau, swapped=swapped, fg_l1=fg_l1,
-                                exclude_self=exclude_self)
-    if backend not in _C_BACKENDS:
-        raise ValueError(f"pdcr_rows: backend must be 'cpu', 'cuda' or 'triton', got {backend!r}")
-    row, _ = torch.ops.affseg.pdcr_fwd(fa, pa, fb, pb, va, vb, float(inv_tau), bool(swapped), bool(fg_l1),
-                                       bool(exclude_self))
-    return row
+        return torch.ops.affseg.triton_pdcr_fwd(fa, pa, fb, pb, va, vb, *options, input_precision)[0]
+    return torch.ops.affseg.pdcr_fwd(fa, pa, fb, pb, va, vb, *options)[0]

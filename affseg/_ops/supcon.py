@@ -1,67 +1,52 @@
 """Registrations for the soft SupCon denominator cos_lse (SPEC §4): fake kernels and autograd for the
-C++ ops (cos_lse_fwd/cos_lse_bwd), and the Triton ops with the same contract.
+C++ ops (cos_lse_fwd/cos_lse_bwd, CPU and CUDA) and the Triton ops with the same contract.
 
 Forward saves only f, valid and the per-row lse; backward recomputes the logits tile by tile.
-The backward ops are not themselves differentiable (no double backward).
 """
 from __future__ import annotations
 
 import torch
 
 from affseg import _backend, _extension
+from affseg._ops._register import Gradient, define, differentiable
 
 
 def _lse_fake(f, valid, inv_tau):
-    torch._check(f.dim() == 3, lambda: f"f must be (B, N, C), got {f.dim()} dims")
-    torch._check(valid.shape == f.shape[:2], lambda: "valid must be (B, N) like f")
+    torch._check(f.dim() == 3, lambda: f"cos_lse: f must be (B, N, C), got {f.dim()} dims")
+    torch._check(valid.shape == f.shape[:2], lambda: "cos_lse: valid must be (B, N) like f")
     return f.new_empty(f.shape[:2])
 
 
 def _grad_fake(grad_lse, f, valid, lse, inv_tau):
-    torch._check(grad_lse.shape == f.shape[:2] and lse.shape == f.shape[:2], lambda: "grad_lse and lse must be (B, N)")
+    torch._check(grad_lse.shape == f.shape[:2] and lse.shape == f.shape[:2],
+                 lambda: "cos_lse: grad_lse and lse must be (B, N)")
     return torch.empty_like(f)
 
 
-def _setup_context(ctx, inputs, output):
-    f, valid, inv_tau = inputs
-    ctx.save_for_backward(f, valid, output)
-    ctx.inv_tau = inv_tau
-
-
-def _make_backward(bwd_op):
-    def backward(ctx, grad_lse):
-        f, valid, lse = ctx.saved_tensors
-        return bwd_op(grad_lse.contiguous(), f, valid, lse, ctx.inv_tau), None, None
-
-    return backward
+def _gradient(bwd) -> Gradient:
+    # fwd(f, valid, inv_tau) -> lse;  bwd(grad_lse, f, valid, lse, inv_tau) -> grad_f.
+    return Gradient("soft_supcon_loss", bwd, tensor_inputs=2, grad_inputs=(0,), saved_outputs=(0,))
 
 
 if _extension.HAS_C:
-    torch.library.register_fake("affseg::cos_lse_fwd")(_lse_fake)
-    torch.library.register_fake("affseg::cos_lse_bwd")(_grad_fake)
-    torch.library.register_autograd(
-        "affseg::cos_lse_fwd", _make_backward(torch.ops.affseg.cos_lse_bwd), setup_context=_setup_context
-    )
+    define("cos_lse_fwd", fake=_lse_fake)
+    differentiable("cos_lse_fwd", _gradient(define("cos_lse_bwd", fake=_grad_fake)))
 
 
 _kernels = _backend.load_triton_kernels("supcon")
 
 if _kernels is not None:
 
-    @torch.library.custom_op("affseg::triton_cos_lse_fwd", mutates_args=())
-    def triton_cos_lse_fwd(f: torch.Tensor, valid: torch.Tensor, inv_tau: float) -> torch.Tensor:
+    def _triton_fwd(f: torch.Tensor, valid: torch.Tensor, inv_tau: float) -> torch.Tensor:
         return _kernels.cos_lse_fwd(f, valid, inv_tau)
 
-    @torch.library.custom_op("affseg::triton_cos_lse_bwd", mutates_args=())
-    def triton_cos_lse_bwd(
-        grad_lse: torch.Tensor, f: torch.Tensor, valid: torch.Tensor, lse: torch.Tensor, inv_tau: float
-    ) -> torch.Tensor:
+    def _triton_bwd(grad_lse: torch.Tensor, f: torch.Tensor, valid: torch.Tensor, lse: torch.Tensor,
+                    inv_tau: float) -> torch.Tensor:
         return _kernels.cos_lse_bwd(grad_lse, f, valid, lse, inv_tau)
 
-    triton_cos_lse_fwd.register_fake(_lse_fake)
-    triton_cos_lse_bwd.register_fake(_grad_fake)
-    triton_cos_lse_fwd.register_autograd(_make_backward(triton_cos_lse_bwd), setup_context=_setup_context)
-    _backend.register_triton("soft_supcon_loss")
+    define("triton_cos_lse_fwd", impl=_triton_fwd, fake=_lse_fake)
+    differentiable("triton_cos_lse_fwd", _gradient(define("triton_cos_lse_bwd", impl=_triton_bwd, fake=_grad_fake)))
+    _backend.register_triton("soft_supcon_loss", _kernels)
 
 
 def cos_lse(f, valid, *, inv_tau, backend):

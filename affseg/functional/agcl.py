@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from affseg import _backend, _sampling, _validate, reference
+from affseg._reduce import reduce_rows
 
 
 def affinity_graph_loss(
-    y_t, y_s, *, sigma=0.5, gamma=0.1, distance="sqeuclidean", diag="one_minus", reduction="mean", backend="auto"
+    y_t, y_s, *, sigma=0.5, gamma=0.1, distance="sqeuclidean", diag="one_minus", reduction="mean", return_diag=False,
+    backend="auto",
 ):
     """Teacher–student affinity-graph loss (Semi-AGCL Eqs. 2–3).
 
     A_ij = exp(−dist(ŷᵗ_i, ŷˢ_j)/(2σ²)); L = (1/N) Σ_i (1 − A_ii) + (γ/N)‖A‖_*.
     ``diag="literal"`` uses +Σ A_ii as the paper's extracted Eq. 3 reads (likely a lost minus
     sign). γ < 0 maximises the nuclear norm. The gradient flows to ``y_s`` only.
+    The per-node term is ℓ_i = (1 − A_ii) + (γ/N)‖A‖_* (the nuclear norm shared equally by the N
+    nodes), so ``"mean"`` is mean_i ℓ_i and ``"sum"`` is Σ_i ℓ_i. NaN or Inf in either input gives a
+    NaN loss (SPEC §9).
 
     Args:
         y_t: teacher per-node class-probability vectors (detached inside).
@@ -22,14 +28,18 @@ def affinity_graph_loss(
         gamma: nuclear-norm weight γ (any sign).
         distance: ``"sqeuclidean"`` or ``"l1"``.
         diag: ``"one_minus"`` or ``"literal"``.
-        reduction: ``"mean"`` (÷N as above) or ``"sum"`` (no ÷N).
-        backend: ``"auto"`` or ``"reference"`` (no fused kernel yet).
+        reduction: ``"mean"`` (÷N as above), ``"sum"`` (no ÷N) or ``"none"`` (ℓ_i per node).
+        return_diag: also return A_ii (detached), the α of Semi-AGCL Eq. 6 for the node's key.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``. The fused
+            kernels build A tile by tile (the reference builds an N×N×D difference tensor) and
+            compute the backward contraction from recomputed tiles; the SVD is torch's.
 
     Returns:
-        Scalar loss.
+        Scalar loss, or the per-node terms ``(N,)`` for ``reduction="none"``; 0 with a grad_fn
+        when N = 0. With ``return_diag``, ``(loss, A_ii)``.
 
     Shape:
-        y_t, y_s ``(N, D)``.
+        y_t, y_s ``(N, D)``; ``reduction="none"`` output ``(N,)``.
 
     Raises:
         TypeError/ValueError: non-floating or mismatched inputs, sigma ≤ 0, unknown options.
@@ -43,19 +53,27 @@ def affinity_graph_loss(
     if y_t.shape != y_s.shape:
         raise ValueError(f"y_s must have the shape of y_t {tuple(y_t.shape)}, got {tuple(y_s.shape)}")
     _validate.same_device(y_t=y_t, y_s=y_s)
-    _validate.positive(sigma, "sigma")
-    _validate.finite(gamma, "gamma")
-    _validate.choice(distance, "distance", ("sqeuclidean", "l1"))
-    _validate.choice(diag, "diag", ("one_minus", "literal"))
-    _validate.choice(reduction, "reduction", ("mean", "sum"))
-    _backend.resolve("affinity_graph_loss", backend, y_s.device)
-    return reference.affinity_graph_loss(
-        y_t, y_s, sigma=sigma, gamma=gamma, distance=distance, diag=diag, reduction=reduction
-    )
+    _validate.affinity_graph_options(sigma=sigma, gamma=gamma, distance=distance, diag=diag, reduction=reduction)
+    _validate.flag(return_diag, "return_diag")
+    backend = _backend.resolve("affinity_graph_loss", backend, y_s.device, dtype=y_s.dtype, classes=y_s.shape[1])
+    if backend == "reference" or y_s.shape[0] == 0:
+        return reference.affinity_graph_loss(
+            y_t, y_s, sigma=sigma, gamma=gamma, distance=distance, diag=diag, reduction=reduction,
+            return_diag=return_diag,
+        )
+    from affseg._ops import agcl as ops
+
+    dtype = torch.float64 if y_s.dtype == torch.float64 else torch.float32
+    finite, (t, s) = reference.finite_stand_ins(y_t.detach().to(dtype), y_s.to(dtype))
+    affinity = ops.affinity_matrix(t.contiguous(), s.contiguous(), inv_two_sigma2=1.0 / (2 * sigma**2),
+                                   l1=distance == "l1", backend=backend)
+    return reference.graph_loss_from_affinity(affinity, finite, gamma=gamma, diag=diag, reduction=reduction,
+                                              dtype=y_s.dtype, return_diag=return_diag)
 
 
 def mixed_negative_infonce(
-    q, k_pos, negatives, alpha, *, tau=0.1, n_hard=256, n_mix=256, mode="queue_plus_mixed", generator=None, backend="auto"
+    q, k_pos, negatives, alpha, *, tau=0.1, n_hard=256, n_mix=256, mode="queue_plus_mixed", generator=None,
+    reduction="mean", q_classes=None, neg_classes=None, backend="auto",
 ):
     """InfoNCE with affinity-mixed hard negatives (Semi-AGCL Eqs. 4, 6, 7; MoCHi mixing).
 
@@ -72,16 +90,25 @@ def mixed_negative_infonce(
         n_mix: synthetic negatives per query.
         mode: ``"queue_plus_mixed"`` or ``"mixed_only"``.
         generator: ``torch.Generator`` for the pair draws.
-        backend: ``"auto"`` or ``"reference"`` (no fused kernel yet).
+        reduction: ``"mean"`` over queries, ``"sum"``, or ``"none"`` (the per-query losses).
+        q_classes, neg_classes: int classes of the queries and of the queue entries (e.g. from
+            :class:`affseg.nn.ClassQueue`); then a query's negatives are only the entries of other
+            classes (the paper's K⁻), and drawn pairs beyond a query's count of them are dropped.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``. The fused
+            kernels find each query's hard negatives in one streaming pass over the queue (no
+            B×Q matrix) and compute the mixed logits from qᵀn_i, qᵀn_j and n_iᵀn_j (no mixed
+            vector is built).
 
     Returns:
-        Scalar loss (mean over queries).
+        Scalar loss, or the per-query losses ``(B,)`` for ``reduction="none"``.
 
     Shape:
-        q, k_pos ``(B, C)``; negatives ``(Q, C)``; alpha ``(Q,)``.
+        q, k_pos ``(B, C)``; negatives ``(Q, C)``; alpha ``(Q,)``; q_classes ``(B,)``;
+        neg_classes ``(Q,)``; ``reduction="none"`` output ``(B,)``.
 
     Raises:
-        TypeError/ValueError: bad dtypes or shapes, tau ≤ 0, n_hard < 1, n_mix < 0, unknown mode.
+        TypeError/ValueError: bad dtypes or shapes, tau ≤ 0, n_hard < 1, n_mix < 0, unknown mode or
+            reduction.
 
     Example:
         >>> q = torch.randn(8, 32, requires_grad=True)
@@ -96,15 +123,40 @@ def mixed_negative_infonce(
     _validate.dim_match("q", q, 1, "negatives", negatives, 1, "number of channels")
     _validate.dim_match("negatives", negatives, 0, "alpha", alpha, 0, "number of negatives")
     _validate.same_device(q=q, k_pos=k_pos, negatives=negatives, alpha=alpha)
-    _validate.positive(tau, "tau")
-    n_hard = _validate.int_value(n_hard, "n_hard", minimum=1)
-    n_mix = _validate.int_value(n_mix, "n_mix", minimum=0)
-    _validate.choice(mode, "mode", ("queue_plus_mixed", "mixed_only"))
+    _validate.infonce_options(tau=tau, n_hard=n_hard, n_mix=n_mix, mode=mode, reduction=reduction)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    _backend.resolve("mixed_negative_infonce", backend, q.device)
+    if (q_classes is None) != (neg_classes is None):
+        raise ValueError("q_classes and neg_classes must be given together, got only one of them")
+    if q_classes is not None:
+        _validate.integer(q_classes, "q_classes", ndims=(1,))
+        _validate.integer(neg_classes, "neg_classes", ndims=(1,))
+        _validate.dim_match("q", q, 0, "q_classes", q_classes, 0, "number of queries")
+        _validate.dim_match("negatives", negatives, 0, "neg_classes", neg_classes, 0, "number of negatives")
+        _validate.same_device(q=q, q_classes=q_classes, neg_classes=neg_classes)
+    backend = _backend.resolve("mixed_negative_infonce", backend, q.device, dtype=q.dtype, channels=q.shape[1],
+                               hard=min(n_hard, negatives.shape[0]), queue=negatives.shape[0])
     # Drawn here, once, so every backend computes the same loss for the same generator state.
     pairs = _sampling.draw_mix_pairs(q.shape[0], min(n_hard, negatives.shape[0]), n_mix, generator, q.device)
-    return reference.mixed_negative_infonce(
-        q, k_pos, negatives, alpha, tau=tau, n_hard=n_hard, n_mix=n_mix, mode=mode, generator=generator, pairs=pairs
-    )
+    if backend == "reference":
+        return reference.mixed_negative_infonce(
+            q, k_pos, negatives, alpha, tau=tau, n_hard=n_hard, n_mix=n_mix, mode=mode, pairs=pairs,
+            reduction=reduction, q_classes=q_classes, neg_classes=neg_classes,
+        )
+    from affseg._ops import agcl as ops
+
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    finite = torch.stack([torch.isfinite(t).all() for t in (q, k_pos, negatives, alpha)]).all()
+    q_hat = F.normalize(q.to(dtype), dim=-1, eps=1e-8).contiguous()
+    k_hat = F.normalize(k_pos.detach().to(dtype), dim=-1, eps=1e-8)
+    neg_hat = F.normalize(negatives.detach().to(dtype), dim=-1, eps=1e-8).contiguous()
+    use_classes = q_classes is not None
+    q_cls = (q_classes if use_classes else q.new_zeros(q.shape[0], dtype=torch.long)).long().contiguous()
+    neg_cls = (neg_classes if use_classes else q.new_zeros(negatives.shape[0], dtype=torch.long)).long().contiguous()
+    queue_lse, hard_idx, hard_count = ops.hard_negatives(q_hat, neg_hat, q_cls, neg_cls, inv_tau=1.0 / tau,
+                                                         n_hard=n_hard, use_classes=use_classes, backend=backend)
+    mixed = ops.mixed_logits(q_hat, neg_hat, alpha.detach().to(dtype).contiguous(), hard_idx, hard_count,
+                             pairs.contiguous(), inv_tau=1.0 / tau, backend=backend)
+    per_query = reference.infonce_from_logits((q_hat * k_hat).sum(-1) / tau, queue_lse, mixed, mode)
+    per_query = per_query * torch.where(finite, 1.0, float("nan")).to(dtype)
+    return reduce_rows(per_query, None, reduction, dtype=q.dtype)

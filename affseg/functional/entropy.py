@@ -55,7 +55,8 @@ def patch_entropy(logits, patch_size, *, mode="binary", class_mask=None, backend
         if tuple(class_mask.shape) != want:
             raise ValueError(f"class_mask must have shape {want} (logits without the class dim), got {tuple(class_mask.shape)}")
         _validate.same_device(logits=logits, class_mask=class_mask)
-    backend = _backend.resolve("patch_entropy", backend, logits.device)
+    backend = _backend.resolve("patch_entropy", backend, logits.device, dtype=logits.dtype, classes=logits.shape[1],
+                               batch=logits.shape[0])
     with torch.no_grad():
         if backend == "reference":
             return reference.patch_entropy(logits, patch, mode=mode, class_mask=class_mask)

@@ -86,12 +86,20 @@ def patch_label_ratios(labels, centers, window_sizes, num_classes, ignore_index=
     if ignore_index is not None:
         _validate.int_value(ignore_index, "ignore_index")
     _validate.labels_in_range(labels, num_classes, ignore_index)
-    backend = _backend.resolve("patch_label_ratios", backend, labels.device)
+    backend = _backend.resolve("patch_label_ratios", backend, labels.device, windows=len(window_sizes),
+                               classes=num_classes)
+    return label_ratios(labels, centers, window_sizes, num_classes, ignore_index, backend)
+
+
+def label_ratios(labels, centers, window_sizes, num_classes, ignore_index, backend):
+    """:func:`patch_label_ratios` on validated inputs and a concrete backend (for callers that
+    validated and resolved already, such as :func:`affseg.pdcr_loss`)."""
     if backend == "reference":
-        return reference.patch_label_ratios(labels.long(), centers, window_sizes, num_classes, ignore_index)
+        return reference.patch_label_ratios(labels.long(), centers.long(), window_sizes, num_classes, ignore_index)
     from affseg._ops import labels as ops
 
-    return ops.patch_label_ratios(labels.long().contiguous(), centers.long().contiguous(), window_sizes, num_classes, ignore_index, backend)
+    return ops.patch_label_ratios(labels.long().contiguous(), centers.long().contiguous(), window_sizes, num_classes,
+                                  ignore_index, backend)
 
 
 def patch_affinity(phi_a, phi_b=None, *, divergence="tv"):

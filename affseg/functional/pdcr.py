@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from affseg import _backend, _sampling, _validate, reference
+from affseg._reduce import reduce_rows
 from affseg.functional.labels import grid_centers, patch_label_ratios
 
-ORIENTATIONS = ("paper", "swapped")
-DIVERGENCES = ("tv", "fg_l1")
-SAMPLINGS = ("grid", "random", "stride")
+ORIENTATIONS = _validate.ORIENTATIONS
+DIVERGENCES = _validate.DIVERGENCES
+SAMPLINGS = _validate.SAMPLINGS
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -45,12 +46,8 @@ def _check_core(feats, phi, feats_b, phi_b, valid, valid_b, tau, orientation, di
     if valid_b is not None:
         _validate.boolean(valid_b, "valid_b", (B, M))
     _validate.same_device(feats=feats, phi=phi, feats_b=feats_b, phi_b=phi_b, valid=valid, valid_b=valid_b)
-    _validate.positive(tau, "tau")
-    _validate.choice(orientation, "orientation", ORIENTATIONS)
-    _validate.choice(divergence, "divergence", DIVERGENCES)
-    if not isinstance(exclude_self, bool):
-        raise TypeError(f"exclude_self must be a bool, got {type(exclude_self).__name__}")
-    _validate.reduction(reduction)
+    _validate.pdcr_core_options(tau=tau, orientation=orientation, divergence=divergence, exclude_self=exclude_self,
+                                reduction=reduction)
 
 
 def pdcr_loss_from_ratios(
@@ -105,7 +102,7 @@ def pdcr_loss_from_ratios(
         >>> affseg.pdcr_loss_from_ratios(feats, phi).backward()
     """
     _check_core(feats, phi, feats_b, phi_b, valid, valid_b, tau, orientation, divergence, exclude_self, reduction)
-    backend = _backend.resolve("pdcr_loss_from_ratios", backend, feats.device)
+    backend = _resolve(backend, feats, phi, "pdcr_loss_from_ratios")
     if backend == "reference":
         return reference.pdcr_loss_from_ratios(
             feats, phi, feats_b=feats_b, phi_b=phi_b, valid=valid, valid_b=valid_b, tau=tau,
@@ -115,15 +112,14 @@ def pdcr_loss_from_ratios(
 
     B, N, _ = feats.shape
     cdt = _compute_dtype(feats.dtype)
-    fa = F.normalize(feats.to(cdt), dim=-1, eps=1e-8).contiguous()
-    pa = phi.to(cdt).contiguous()
     va = valid.contiguous() if valid is not None else torch.ones(B, N, dtype=torch.bool, device=feats.device)
+    fa, pa = _unit_rows(feats, va, cdt), phi.to(cdt).contiguous()
     if feats_b is None:
         fb, pb, vb = fa, pa, va
     else:
-        fb = F.normalize(feats_b.to(cdt), dim=-1, eps=1e-8).contiguous()
-        pb = phi_b.to(cdt).contiguous()
-        vb = valid_b.contiguous() if valid_b is not None else torch.ones(B, fb.shape[1], dtype=torch.bool, device=feats.device)
+        M = feats_b.shape[1]
+        vb = valid_b.contiguous() if valid_b is not None else torch.ones(B, M, dtype=torch.bool, device=feats.device)
+        fb, pb = _unit_rows(feats_b, vb, cdt), phi_b.to(cdt).contiguous()
     row = ops.pdcr_rows(
         fa, pa, fb, pb, va, vb, inv_tau=1.0 / tau, swapped=orientation == "swapped",
         fg_l1=divergence == "fg_l1", exclude_self=exclude_self, backend=backend,
@@ -134,26 +130,77 @@ def pdcr_loss_from_ratios(
         n_cols = n_cols - va.to(cdt)
     counted = va & (n_cols > 0)
     row = torch.where(counted, row, torch.zeros_like(row))
-    if reduction == "none":
-        return row.to(feats.dtype)
-    if reduction == "sum":
-        return (row * n_cols).sum().to(feats.dtype)
-    return (row.sum() / counted.sum().clamp_min(1).to(cdt)).to(feats.dtype)
+    return reduce_rows(row, counted, reduction, weight=n_cols, dtype=feats.dtype)
 
 
-def _rows_of(features, labels, window_sizes, num_classes, num_samples, sampling, ignore_index, generator, backend):
-    """Sample a feature map, find each sample's input-space centre and label ratios."""
+def _unit_rows(feats, valid, dtype):
+    """Unit rows, with invalid locations zeroed first: they drop out even when they hold NaN
+    (normalize's backward would turn their zero gradient into NaN)."""
+    feats = torch.where(valid[..., None], feats.to(dtype), torch.zeros((), dtype=dtype, device=feats.device))
+    return F.normalize(feats, dim=-1, eps=1e-8).contiguous()
+
+
+def _resolve(backend, feats, phi, caller):
+    """The backend for the core on (B, N, C) features and (B, W, N, K) ratios."""
+    return _backend.resolve("pdcr_loss_from_ratios", backend, feats.device, caller=caller, dtype=feats.dtype,
+                            channels=feats.shape[-1], windows=phi.shape[1], classes=phi.shape[-1],
+                            batch=feats.shape[0])
+
+
+def _window_centers(feature_shape, input_shape, window_sizes, window_align):
+    """[(window indices, centres (P, ndim))]: the centres that place each window, grouped.
+
+    ``"center"``: ⌊p·s + s/2⌋ for every window (SPEC §1). ``"official"``: the official 2D code's
+    window ⌊p·s − L/2⌋ … ⌊p·s + L/2⌋ − 1, i.e. the centre ⌊p·s − L/2⌋ + L//2 under §1's convention,
+    which depends on L's parity: windows are grouped by the centres they need.
+    """
+    if window_align == "center":
+        return [(list(range(len(window_sizes))), grid_centers(feature_shape, input_shape))]
+    groups: list[tuple[list[int], torch.Tensor]] = []
+    for w, L in enumerate(window_sizes):
+        axes = [
+            # ⌊p·I/F − L/2⌋ = ⌊(2pI − L·F) / 2F⌋, exact in integers (floor division of negatives too).
+            (2 * torch.arange(f) * i - L * f) // (2 * f) + L // 2
+            for f, i in zip(feature_shape, input_shape)
+        ]
+        centers = torch.cartesian_prod(*axes).reshape(-1, len(feature_shape))
+        for members, known in groups:
+            if torch.equal(known, centers):
+                members.append(w)
+                break
+        else:
+            groups.append(([w], centers))
+    return groups
+
+
+def _rows_of(features, mask, labels, window_sizes, num_classes, num_samples, sampling, ignore_index, window_align,
+             generator, backend):
+    """Sample a feature map; its features, the label ratios φ of its samples and their validity."""
+    from affseg.functional.labels import label_ratios
+
     spatial = tuple(features.shape[2:])
     B = features.shape[0]
-    centers = grid_centers(spatial, tuple(labels.shape[1:])).to(features.device)
-    if num_samples is None:  # dense: every location, no gather
-        locations, centers = None, centers.expand(B, -1, -1)
-    else:
-        locations = _sampling.sample_locations(spatial, num_samples, sampling, B, generator=generator, device=features.device)
-        centers = centers[locations]
-    phi, valid_w = patch_label_ratios(labels, centers, window_sizes, num_classes, ignore_index, backend=backend)
-    # Windows are nested, so all() is the smallest window's validity.
-    return _sampling.gather_locations(features, locations), phi, valid_w.all(dim=1)
+    locations = None
+    if num_samples is not None:
+        locations = _sampling.sample_locations(spatial, num_samples, sampling, B, generator=generator,
+                                               device=features.device)
+    phi_parts, valid_parts, order = [], [], []
+    for members, centers in _window_centers(spatial, tuple(labels.shape[1:]), window_sizes, window_align):
+        centers = centers.to(features.device)
+        centers = centers.expand(B, -1, -1) if locations is None else centers[locations]
+        phi, valid_w = label_ratios(labels, centers, [window_sizes[w] for w in members], num_classes, ignore_index,
+                                    backend)
+        phi_parts.append(phi)
+        valid_parts.append(valid_w)
+        order += members
+    if len(phi_parts) > 1:
+        back = torch.argsort(torch.tensor(order)).to(features.device)
+        phi, valid_w = torch.cat(phi_parts, 1)[:, back], torch.cat(valid_parts, 1)[:, back]
+    # Centred windows are nested, so all() is the smallest window's validity (SPEC §3).
+    valid = valid_w.all(dim=1)
+    if mask is not None:
+        valid = valid & _sampling.gather_locations(mask[:, None], locations)[..., 0]
+    return _sampling.gather_locations(features, locations), phi, valid
 
 
 def _check_map(features, name, labels, num_samples):
@@ -164,6 +211,12 @@ def _check_map(features, name, labels, num_samples):
         _validate.int_value(num_samples, "num_samples", minimum=1)
         if num_samples > P:
             raise ValueError(f"num_samples must be <= the {P} locations of {name} {tuple(features.shape)}, got {num_samples}")
+
+
+def _check_mask(mask, name, features):
+    if mask is not None:
+        want = (features.shape[0], *features.shape[2:])
+        _validate.boolean(mask, name, want)
 
 
 def pdcr_loss(
@@ -177,9 +230,15 @@ def pdcr_loss(
     tau=0.5,
     ignore_index=None,
     features_b=None,
+    valid=None,
+    valid_b=None,
+    orientation="paper",
+    divergence="tv",
+    exclude_self=False,
+    reduction="mean",
+    window_align="center",
     generator=None,
     backend="auto",
-    **core_kwargs,
 ):
     """Drop-in PDCR term for a hidden feature map and the segmentation labels (SPEC §3).
 
@@ -199,16 +258,27 @@ def pdcr_loss(
         ignore_index: label excluded from φ; windows without countable pixels drop out.
         features_b: a second feature map (any resolution) whose locations form the columns
             (cross-layer pairs).
+        valid: optional bool mask of the locations of ``features`` that take part (e.g. a
+            region of interest); False locations drop out as rows and columns.
+        valid_b: the same for the locations of ``features_b``.
+        orientation: ``"paper"`` (tug same-label pairs, repulse different-label pairs) or
+            ``"swapped"`` (the official 2D release's weights, for parity).
+        divergence: ``"tv"`` (½ L1, affinity in [0, 1]) or ``"fg_l1"`` (official 3D code).
+        exclude_self: drop the pairs j = i (intra-layer only).
+        reduction: ``"mean"`` over valid rows, ``"sum"`` = Σ n_i·r_i, or ``"none"`` (``(B, N)``).
+        window_align: ``"center"`` (the window is centred on the middle of the feature location's
+            stride cell, ⌊p·s + s/2⌋) or ``"official"`` (the official 2D code's windows
+            ⌊p·s − L/2⌋ … ⌊p·s + L/2⌋ − 1, anchored at the cell's corner; 9–17 % of φ differ on a
+            128² disk mask). A deliberate deviation from the official code: see SPEC §3.
         generator: ``torch.Generator`` for ``sampling="random"``.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
-        **core_kwargs: ``orientation``, ``divergence``, ``exclude_self``, ``reduction`` of
-            :func:`pdcr_loss_from_ratios`.
 
     Returns:
         The loss (a scalar unless ``reduction="none"``, then ``(B, N)``).
 
     Shape:
-        features ``(B, C, *s)``; labels ``(B, *S)``; 2 or 3 spatial dims, s ≤ S any ratio.
+        features ``(B, C, *s)``; labels ``(B, *S)``; 2 or 3 spatial dims, s ≤ S any ratio;
+        valid ``(B, *s)``; features_b ``(B, C, *s_b)``; valid_b ``(B, *s_b)``.
 
     Raises:
         TypeError/ValueError: bad dtypes or ranks, mismatched batch or device, labels out of range,
@@ -222,19 +292,40 @@ def pdcr_loss(
     """
     _validate.integer(labels, "labels", ndims=(3, 4))
     _check_map(features, "features", labels, num_samples)
-    _validate.same_device(features=features, labels=labels, features_b=features_b)
-    _validate.choice(sampling, "sampling", SAMPLINGS)
-    unknown = set(core_kwargs) - {"orientation", "divergence", "exclude_self", "reduction"}
-    if unknown:
-        raise TypeError(f"pdcr_loss got unexpected keyword arguments {sorted(unknown)}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    rows = _rows_of(features, labels, window_sizes, num_classes, num_samples, sampling, ignore_index, generator, backend)
-    cols = {}
+    _check_mask(valid, "valid", features)
     if features_b is not None:
         _check_map(features_b, "features_b", labels, num_samples)
         _validate.dim_match("features", features, 1, "features_b", features_b, 1, "number of channels")
-        fb, pb, vb = _rows_of(features_b, labels, window_sizes, num_classes, num_samples, sampling, ignore_index, generator, backend)
+        _check_mask(valid_b, "valid_b", features_b)
+        if exclude_self:
+            raise ValueError("exclude_self applies to intra-layer pairs only; got exclude_self=True with features_b")
+    elif valid_b is not None:
+        raise ValueError("valid_b applies to the locations of features_b; got valid_b without features_b")
+    _validate.same_device(features=features, labels=labels, features_b=features_b, valid=valid, valid_b=valid_b)
+    _validate.pdcr_options(
+        num_classes=num_classes, window_sizes=window_sizes, num_samples=num_samples, sampling=sampling, tau=tau,
+        ignore_index=ignore_index, orientation=orientation, divergence=divergence, exclude_self=exclude_self,
+        reduction=reduction, window_align=window_align,
+    )
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    window_sizes = _validate.int_tuple(window_sizes, "window_sizes", length=1 if isinstance(window_sizes, int) else None)
+    _validate.labels_in_range(labels, num_classes, ignore_index)
+    # Both steps' backends are settled (and named for pdcr_loss in errors) before any kernel runs.
+    ratios_backend = _backend.resolve("patch_label_ratios", backend, labels.device, caller="pdcr_loss",
+                                      windows=len(window_sizes), classes=num_classes)
+    _backend.resolve("pdcr_loss_from_ratios", backend, features.device, caller="pdcr_loss", dtype=features.dtype,
+                     channels=features.shape[1], windows=len(window_sizes), classes=num_classes,
+                     batch=features.shape[0])
+
+    sample = (labels, window_sizes, num_classes, num_samples, sampling, ignore_index, window_align, generator,
+              ratios_backend)
+    feats, phi, row_valid = _rows_of(features, valid, *sample)
+    cols = {}
+    if features_b is not None:
+        fb, pb, vb = _rows_of(features_b, valid_b, *sample)
         cols = dict(feats_b=fb, phi_b=pb, valid_b=vb)
-    feats, phi, valid = rows
-    return pdcr_loss_from_ratios(feats, phi, valid=valid, tau=tau, backend=backend, **cols, **core_kwargs)
+    return pdcr_loss_from_ratios(
+        feats, phi, valid=row_valid, tau=tau, orientation=orientation, divergence=divergence,
+        exclude_self=exclude_self, reduction=reduction, backend=backend, **cols,
+    )

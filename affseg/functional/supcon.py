@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from affseg import _backend, _validate, reference
+from affseg._reduce import reduce_rows
 
 
 def _check(features, labels, tau, reduction, ignore_index):
@@ -23,15 +24,20 @@ def _check(features, labels, tau, reduction, ignore_index):
         _validate.integer(labels, "labels")
     if soft and ignore_index is not None:
         raise ValueError("ignore_index applies to integer labels only; got ignore_index with float soft labels")
-    if ignore_index is not None:
-        _validate.int_value(ignore_index, "ignore_index")
+    _validate.supcon_options(tau=tau, reduction=reduction, ignore_index=ignore_index)
     if not soft and labels.numel() and not torch.compiler.is_compiling():
         negative = (labels < 0) if ignore_index is None else (labels < 0) & (labels != ignore_index)
         if bool(negative.any()):
             raise ValueError(f"labels must be >= 0 or ignore_index, got a label {int(labels[negative][0])}")
     _validate.same_device(features=features, labels=labels)
-    _validate.positive(tau, "tau")
-    _validate.reduction(reduction)
+
+
+def _dense_ids(labels: torch.Tensor) -> torch.Tensor:
+    """Per row of (B, N) ids, the rank of each id among the row's distinct ids: values in [0, N)."""
+    ordered, order = labels.sort(dim=1)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return torch.empty_like(order).scatter_(1, order, starts.long().cumsum(1) - 1)
 
 
 def _positive_term(f: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor):
@@ -45,15 +51,16 @@ def _positive_term(f: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor):
         pos = (phi @ class_feats * f).sum(-1) - self_w * self_dot
         weight = (phi * class_mass).sum(-1) - self_w
         return pos, weight
-    # One-hot labels: per-class sums gathered back per row, without a (B, N, K) one-hot tensor.
+    # One-hot labels: per-class sums gathered back per row. Class ids are first renumbered densely
+    # per image (sort, then count the value changes), so memory and time depend on N, never on
+    # how large an id is (pytorch-metric-learning users pass arbitrary ids).
     B, N, C = f.shape
-    cls = torch.where(valid, labels, torch.zeros_like(labels)).long()
-    K = int(cls.max()) + 1 if cls.numel() else 1
+    cls = _dense_ids(labels.long())  # ignored rows weigh 0 below, whatever group they join
     vf = valid.to(f.dtype)
-    class_feats = torch.zeros(B, K, C, dtype=f.dtype, device=f.device).scatter_add_(
+    class_feats = torch.zeros(B, N, C, dtype=f.dtype, device=f.device).scatter_add_(
         1, cls[..., None].expand(B, N, C), f * vf[..., None]
     )
-    class_count = torch.zeros(B, K, dtype=f.dtype, device=f.device).scatter_add_(1, cls, vf)
+    class_count = torch.zeros(B, N, dtype=f.dtype, device=f.device).scatter_add_(1, cls, vf)
     pos = (torch.gather(class_feats, 1, cls[..., None].expand(B, N, C)) * f).sum(-1) - self_dot
     weight = torch.gather(class_count, 1, cls) - 1.0
     return pos * vf, weight * vf
@@ -91,7 +98,8 @@ def soft_supcon_loss(features, labels, *, tau=0.1, reduction="mean", ignore_inde
         >>> affseg.soft_supcon_loss(emb, torch.randint(0, 4, (128,))).backward()
     """
     _check(features, labels, tau, reduction, ignore_index)
-    backend = _backend.resolve("soft_supcon_loss", backend, features.device)
+    backend = _backend.resolve("soft_supcon_loss", backend, features.device, dtype=features.dtype,
+                               channels=features.shape[-1], batch=features.shape[0] if features.dim() == 3 else 1)
     if backend == "reference":
         return reference.soft_supcon_loss(features, labels, tau=tau, reduction=reduction, ignore_index=ignore_index)
     from affseg._ops import supcon as ops
@@ -99,21 +107,18 @@ def soft_supcon_loss(features, labels, *, tau=0.1, reduction="mean", ignore_inde
     batched = features.dim() == 3
     f, lab = (features, labels) if batched else (features[None], labels[None])
     cdt = torch.float64 if f.dtype == torch.float64 else torch.float32
-    fn = F.normalize(f.to(cdt), dim=-1, eps=1e-8).contiguous()
     if labels.is_floating_point() or ignore_index is None:
-        valid = torch.ones(fn.shape[:2], dtype=torch.bool, device=fn.device)
+        valid = torch.ones(f.shape[:2], dtype=torch.bool, device=f.device)
     else:
         valid = lab != ignore_index
+    # Ignored rows drop out as rows and columns even when they hold NaN: zero them before anything
+    # (normalize included, whose backward would turn a NaN row's zero gradient into NaN).
+    f = torch.where(valid[..., None], f.to(cdt), torch.zeros((), dtype=cdt, device=f.device))
+    fn = F.normalize(f, dim=-1, eps=1e-8).contiguous()
     lse = ops.cos_lse(fn, valid.contiguous(), inv_tau=1.0 / tau, backend=backend)
     pos, weight = _positive_term(fn, lab, valid)
     counted = valid & (weight > 0)
     safe_w = torch.where(counted, weight, torch.ones_like(weight))
     row = torch.where(counted, lse - pos / (tau * safe_w), torch.zeros_like(lse))
-    if reduction == "none":
-        out = row
-    elif reduction == "sum":
-        out = row.sum()
-    else:
-        out = row.sum() / counted.sum().clamp_min(1).to(cdt)
-    out = out.to(features.dtype)
+    out = reduce_rows(row, counted, reduction, dtype=features.dtype)
     return out if batched or reduction != "none" else out[0]

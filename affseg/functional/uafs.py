@@ -41,7 +41,8 @@ def uafs_reweight(x, att_logits, *, backend="auto"):
     if att_logits.dtype != x.dtype:
         raise TypeError(f"att_logits must have the dtype of x ({x.dtype}), got {att_logits.dtype}")
     _validate.same_device(x=x, att_logits=att_logits)
-    backend = _backend.resolve("uafs_reweight", backend, x.device)
+    backend = _backend.resolve("uafs_reweight", backend, x.device, dtype=x.dtype, channels=x.shape[1],
+                               att_channels=att_logits.shape[1])
     if backend == "reference":
         return reference.uafs_reweight(x, att_logits)
     from affseg._ops import uafs as ops

@@ -7,6 +7,9 @@
 // adds only) and reduced across each tile's columns once per tile row; with a mask each pixel adds
 // into its class's tile sums. No full-size temporary: per thread, chunk-sized buffers and one
 // row of column sums.
+// Limits: float32/float64 logits with 2 or 3 spatial dims, K ≥ 1 (the math needs K ≥ 2; K = 1 gives
+// 0/0 for the Shannon entropy), class_mask int64; no size limit (int64 indexing, per-thread buffers
+// of 4·K·256 values). Hot loops per ISA through affseg/cpu_isa.h; exp/log from affseg/simd_math.h.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -23,6 +26,7 @@
 #include "affseg/checks.h"
 #include "affseg/cpu_isa.h"
 #include "affseg/entropy_math.h"
+#include "affseg/simd_math.h"
 
 namespace affseg {
 namespace {
@@ -40,83 +44,63 @@ struct Geometry {
 // times, for baseline x86-64 (SSE2), AVX2+FMA and AVX-512, and picked at run time: setup.py
 // builds for the baseline, and the exp/log polynomials are compute-bound (AVX-512 is about 1.7×
 // AVX2 and 3× SSE2 on the binary entropy here).
-#define AFFSEG_PIXEL_PASSES                                                                               \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void max_pass(const T* __restrict__ l, T* __restrict__ m, int64_t n) {        \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) m[i] = nan_max(m[i], l[i]);                     \
-  }                                                                                                       \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void exp_pass(const T* __restrict__ l, const T* __restrict__ m,               \
-                                          T* __restrict__ d, T* __restrict__ e, T* __restrict__ s_lt,     \
-                                          T* __restrict__ ties, int64_t n) {                              \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                 \
-      const T dd = l[i] - m[i];                                                                           \
-      const T ee = exp_nonpos(dd);                                                                        \
-      d[i] = dd;                                                                                          \
-      e[i] = ee;                                                                                          \
-      s_lt[i] += ee < T(1) ? ee : T(0);                                                                   \
-      ties[i] += ee == T(1) ? T(1) : T(0);                                                                \
-    }                                                                                                     \
-  }                                                                                                       \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void norm_pass(const T* __restrict__ s_lt, const T* __restrict__ ties,        \
-                                           T* __restrict__ inv_s, T* __restrict__ log_s, int64_t n) {     \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                 \
-      const T s = s_lt[i] + ties[i];                                                                      \
-      inv_s[i] = T(1) / s;                                                                                \
-      log_s[i] = log_pos(s);                                                                              \
-    }                                                                                                     \
-  }                                                                                                       \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void binary_pass(const T* __restrict__ d, const T* __restrict__ e,            \
-                                             const T* __restrict__ s_lt, const T* __restrict__ ties,      \
-                                             const T* __restrict__ inv_s, const T* __restrict__ log_s,    \
-                                             T* __restrict__ p, T* __restrict__ h, int64_t n) {           \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                 \
-      p[i] = e[i] * inv_s[i];                                                                             \
-      const T o = others_sum(e[i], s_lt[i] + ties[i], s_lt[i], ties[i]);                                  \
-      h[i] = neg_plogp(e[i], d[i], inv_s[i], log_s[i]) + neg_xlogx_ratio(o, inv_s[i], log_s[i]);          \
-    }                                                                                                     \
-  }                                                                                                       \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void shannon_pass(const T* __restrict__ d, const T* __restrict__ e,           \
-                                              const T* __restrict__ inv_s, const T* __restrict__ log_s,   \
-                                              T* __restrict__ p, T* __restrict__ h, int64_t n) {          \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                 \
-      p[i] = e[i] * inv_s[i];                                                                             \
-      h[i] += neg_plogp(e[i], d[i], inv_s[i], log_s[i]);                                                  \
-    }                                                                                                     \
-  }                                                                                                       \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void accumulate_pass(const T* __restrict__ v, double* __restrict__ acc,       \
-                                                 int64_t n) {                                             \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) acc[i] += static_cast<double>(v[i]);             \
-  }
+#define AFFSEG_PIXEL_PASSES                                                                                \
+  struct Passes {                                                                                          \
+  template <typename T>                                                                                    \
+  static __attribute__((noinline)) void max_pass(const T* __restrict__ l, T* __restrict__ m, int64_t n) {  \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) m[i] = simd::nan_max(m[i], l[i]);                  \
+  }                                                                                                        \
+  template <typename T>                                                                                    \
+  static __attribute__((noinline)) void exp_pass(const T* __restrict__ l, const T* __restrict__ m,         \
+                                          T* __restrict__ d, T* __restrict__ e, T* __restrict__ s_lt,      \
+                                          T* __restrict__ ties, int64_t n) {                               \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                  \
+      const T dd = l[i] - m[i];                                                                            \
+      const T ee = simd::exp(dd);                                                                          \
+      d[i] = dd;                                                                                           \
+      e[i] = ee;                                                                                           \
+      s_lt[i] += ee < T(1) ? ee : T(0);                                                                    \
+      ties[i] += ee == T(1) ? T(1) : T(0);                                                                 \
+    }                                                                                                      \
+  }                                                                                                        \
+  template <typename T>                                                                                    \
+  static __attribute__((noinline)) void norm_pass(const T* __restrict__ s_lt, const T* __restrict__ ties,  \
+                                           T* __restrict__ inv_s, T* __restrict__ log_s, int64_t n) {      \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                  \
+      const T s = s_lt[i] + ties[i];                                                                       \
+      inv_s[i] = T(1) / s;                                                                                 \
+      log_s[i] = simd::log(s);                                                                             \
+    }                                                                                                      \
+  }                                                                                                        \
+  template <typename T>                                                                                    \
+  static __attribute__((noinline)) void binary_pass(const T* __restrict__ d, const T* __restrict__ e,      \
+                                             const T* __restrict__ s_lt, const T* __restrict__ ties,       \
+                                             const T* __restrict__ inv_s, const T* __restrict__ log_s,     \
+                                             T* __restrict__ p, T* __restrict__ h, int64_t n) {            \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                  \
+      p[i] = e[i] * inv_s[i];                                                                              \
+      const T o = others_sum(e[i], s_lt[i] + ties[i], s_lt[i], ties[i]);                                   \
+      h[i] = neg_plogp(e[i], d[i], inv_s[i], log_s[i]) + neg_xlogx_ratio(o, inv_s[i], log_s[i]);           \
+    }                                                                                                      \
+  }                                                                                                        \
+  template <typename T>                                                                                    \
+  static __attribute__((noinline)) void shannon_pass(const T* __restrict__ d, const T* __restrict__ e,     \
+                                              const T* __restrict__ inv_s, const T* __restrict__ log_s,    \
+                                              T* __restrict__ p, T* __restrict__ h, int64_t n) {           \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                  \
+      p[i] = e[i] * inv_s[i];                                                                              \
+      h[i] += neg_plogp(e[i], d[i], inv_s[i], log_s[i]);                                                   \
+    }                                                                                                      \
+  }                                                                                                        \
+  template <typename T>                                                                                    \
+  static __attribute__((noinline)) void accumulate_pass(const T* __restrict__ v, double* __restrict__ acc, \
+                                                 int64_t n) {                                              \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) acc[i] += static_cast<double>(v[i]);               \
+  }                                                                                                        \
+  };
 
 AFFSEG_FOR_EACH_ISA(AFFSEG_PIXEL_PASSES)
 #undef AFFSEG_PIXEL_PASSES
-
-const int kSimdLevel = cpu::simd_level();
-
-#define AFFSEG_PASS_TABLE(NAME, NS)                                            \
-  struct NAME {                                                                \
-    template <typename... A>                                                   \
-    static void max_pass(A... a) { NS::max_pass(a...); }                       \
-    template <typename... A>                                                   \
-    static void exp_pass(A... a) { NS::exp_pass(a...); }                       \
-    template <typename... A>                                                   \
-    static void norm_pass(A... a) { NS::norm_pass(a...); }                     \
-    template <typename... A>                                                   \
-    static void binary_pass(A... a) { NS::binary_pass(a...); }                 \
-    template <typename... A>                                                   \
-    static void shannon_pass(A... a) { NS::shannon_pass(a...); }               \
-    template <typename... A>                                                   \
-    static void accumulate_pass(A... a) { NS::accumulate_pass(a...); }         \
-  };
-AFFSEG_PASS_TABLE(BasePasses, base)
-AFFSEG_PASS_TABLE(Avx2Passes, avx2)
-AFFSEG_PASS_TABLE(Avx512Passes, avx512)
-#undef AFFSEG_PASS_TABLE
 
 // Per-pixel statistics of one chunk of n ≤ kChunk pixels: h (K rows, or 1 row of normalised
 // Shannon entropy) and p (K rows). `row` points at class 0 of the chunk's first pixel.
@@ -127,19 +111,8 @@ struct ChunkStats {
       : d(K * kChunk), e(K * kChunk), h(K * kChunk), p(K * kChunk), m(kChunk), s_lt(kChunk),
         ties(kChunk), inv_s(kChunk), log_s(kChunk) {}
 
-  void compute(const T* row, int64_t stride_k, int64_t K, int64_t n, bool shannon, T inv_log_k) {
-    switch (kSimdLevel) {
-      case 2:
-        return compute_with<Avx512Passes>(row, stride_k, K, n, shannon, inv_log_k);
-      case 1:
-        return compute_with<Avx2Passes>(row, stride_k, K, n, shannon, inv_log_k);
-      default:
-        return compute_with<BasePasses>(row, stride_k, K, n, shannon, inv_log_k);
-    }
-  }
-
   template <typename P>
-  void compute_with(const T* row, int64_t stride_k, int64_t K, int64_t n, bool shannon, T inv_log_k) {
+  void compute(const T* row, int64_t stride_k, int64_t K, int64_t n, bool shannon, T inv_log_k) {
     std::copy(row, row + n, m.begin());
     for (int64_t k = 1; k < K; ++k) P::max_pass(row + k * stride_k, m.data(), n);
     std::fill(s_lt.begin(), s_lt.begin() + n, T(0));
@@ -175,20 +148,7 @@ struct ChunkStats {
   }
 };
 
-// acc[i] += v[i] for a chunk of pixels, on the widest SIMD build.
-template <typename T>
-void accumulate(const T* v, double* acc, int64_t n) {
-  switch (kSimdLevel) {
-    case 2:
-      return Avx512Passes::accumulate_pass(v, acc, n);
-    case 1:
-      return Avx2Passes::accumulate_pass(v, acc, n);
-    default:
-      return BasePasses::accumulate_pass(v, acc, n);
-  }
-}
-
-template <typename T>
+template <typename T, typename P>
 void patch_entropy_kernel(const T* logits, const int64_t* mask, T* ent, T* conf, int64_t* cnt,
                           const Geometry& g, bool shannon) {
   const int64_t K = g.K, N = g.pixels(), S1 = g.S[1], S2 = g.S[2];
@@ -220,11 +180,11 @@ void patch_entropy_kernel(const T* logits, const int64_t* mask, T* ent, T* conf,
           const int64_t pix_row = (z * S1 + y) * S2;
           for (int64_t x0 = 0; x0 < S2; x0 += kChunk) {
             const int64_t n = std::min(kChunk, S2 - x0);
-            cs.compute(logits + b * K * N + pix_row + x0, N, K, n, shannon, inv_log_k);
+            cs.template compute<P>(logits + b * K * N + pix_row + x0, N, K, n, shannon, inv_log_k);
             if (mask == nullptr) {
               for (int64_t k = 0; k < K; ++k) {
-                accumulate(cs.p.data() + k * kChunk, col_p.data() + k * S2 + x0, n);
-                if (k < k_out) accumulate(cs.h.data() + k * kChunk, col_h.data() + k * S2 + x0, n);
+                P::accumulate_pass(cs.p.data() + k * kChunk, col_p.data() + k * S2 + x0, n);
+                if (k < k_out) P::accumulate_pass(cs.h.data() + k * kChunk, col_h.data() + k * S2 + x0, n);
               }
             } else {
               const int64_t* mrow = mask + b * N + pix_row + x0;
@@ -309,9 +269,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_entropy_cpu(const at::Tenso
   at::Tensor cnt = at::empty(shape_k, x.options().dtype(at::kLong));
   if (conf.numel() == 0) return {ent, conf, cnt};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "patch_entropy_cpu", [&] {
-    patch_entropy_kernel<scalar_t>(x.data_ptr<scalar_t>(), has_mask ? mask.data_ptr<int64_t>() : nullptr,
-                                   ent.data_ptr<scalar_t>(), conf.data_ptr<scalar_t>(), cnt.data_ptr<int64_t>(),
-                                   g, shannon);
+    AFFSEG_DISPATCH_ISA(patch_entropy_kernel<scalar_t, isa::Passes>(
+        x.data_ptr<scalar_t>(), has_mask ? mask.data_ptr<int64_t>() : nullptr, ent.data_ptr<scalar_t>(),
+        conf.data_ptr<scalar_t>(), cnt.data_ptr<int64_t>(), g, shannon));
   });
   return {ent, conf, cnt};
 }

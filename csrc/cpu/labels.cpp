@@ -1,6 +1,11 @@
 // CPU kernels for patch_label_ratios (SPEC §1): per-class summed-area tables built in one pass over
 // the labels (a per-row prefix sum, then one in-place scan per remaining dim), then a gather of the
-// 2^ndim corners of every (centre, window, class). Arithmetic in affseg/labels_math.h.
+// 2^ndim corners of every (centre, window, class). Arithmetic in affseg/labels_math.h (math and
+// memory traffic are stated there).
+// Limits: labels int64 (B, H, W) or (B, D, H, W), centers int64 (B, N, ndim), num_classes ≥ 1, window
+// sizes ≥ 1; counts are int32, so an image holds fewer than 2^31 − 1 pixels (checked below); the
+// tables take 4·B·K·Π(S_d + 1) bytes. phi is float32 whatever the caller's feature dtype. No SIMD
+// build: the scans are integer adds GCC vectorises on the baseline, and the gather is memory-bound.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

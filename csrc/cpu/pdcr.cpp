@@ -13,7 +13,7 @@
 // tiles of 256: a register-blocked micro-kernel (4 outer rows × 2 SIMD registers) computes the
 // 32×256 dot tile in L1/L2, then vectorised loops over the tile's columns form the W windows'
 // weights from the ratios and accumulate the per-window exp sums from that one similarity tile.
-// The exp is a branch-free polynomial (pdcr_math.h), so these loops vectorise without -ffast-math
+// The exp is affseg/simd_math.h's branch-free polynomial, so these loops vectorise without -ffast-math
 // and NaN propagates. When the data bound |ŝ·w⁻| below pdcr::fixed_shift_limit (for ratios that
 // sum to 1: τ ≥ 0.07 with tv, τ ≥ 0.11 with fg_l1) the exp sums need no running maximum; otherwise each tile
 // rescales an online maximum. grad_fb is a second sweep with the roles swapped (column blocks,
@@ -21,7 +21,9 @@
 // Memory: O(B·(N+M)·(C+W·K)) for the panels and 32×256 tiles per thread; never N×M.
 // FLOPs per call: about 2·N·M·C (dot) + N·M·W·(3K+25) (epilogue) forward; twice the dot products
 // plus 4·N·M·C for the gradient products backward.
-// Hot loops are compiled twice, for baseline x86-64 and for AVX2+FMA, and picked at run time.
+// Limits: float32/float64 (one dtype for features and ratios), contiguous inputs, bool masks, W ≥ 1;
+// no limit on W, K, C, N or M (int64 indexing; scratch per thread O(32·256 + 32·(C + W·K))).
+// Hot loops are compiled per ISA (baseline, AVX2+FMA, AVX-512; affseg/cpu_isa.h), picked at run time.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -39,9 +41,9 @@
 // (this is not -ffast-math: no finite-math or reassociation assumptions).
 #pragma GCC optimize("no-trapping-math")
 #include "affseg/pdcr_math.h"
+#include "affseg/simd_math.h"
 
 #define AFFSEG_ALWAYS_INLINE inline __attribute__((always_inline))
-#define AFFSEG_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
 namespace affseg {
 namespace {
@@ -54,12 +56,6 @@ constexpr int64_t kBlock = 32;  // outer items per task (a multiple of kMicroRow
 constexpr int64_t kTile = 256;  // inner items per tile (a multiple of kLanes)
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// AVX2+FMA build of the tile loops, unless the CPU lacks it or AFFSEG_CPU_ISA=baseline caps it.
-bool cpu_has_avx2_fma() {
-  static const bool has = cpu::simd_level() >= 1;
-  return has;
-}
 
 // Compacted items of one batch, zero-padded to np = a multiple of kLanes.
 template <typename T>
@@ -291,7 +287,7 @@ AFFSEG_ALWAYS_INLINE void forward_body(const ForwardTask<T>& t, const Options& o
             for (int64_t j = begin; j < end; ++j) {
               T w_pos, w_neg;
               pdcr::pair_weights(div[j], weights, w_pos, w_neg);
-              sum_exp += pdcr::exp_pair(logit[j] * w_neg);
+              sum_exp += simd::exp(logit[j] * w_neg);
               pos += logit[j] * w_pos;
             }
           }
@@ -316,8 +312,8 @@ AFFSEG_ALWAYS_INLINE void forward_body(const ForwardTask<T>& t, const Options& o
           const T new_max = (tile_max > old_max || tile_max != tile_max) ? tile_max : old_max;
           if (new_max != kNegInf) {
 #pragma omp simd reduction(+ : sum_exp)
-            for (int64_t j = 0; j < jn; ++j) sum_exp += pdcr::exp_pair(v[j] - new_max);
-            s.sum_exp[r * W + w] = s.sum_exp[r * W + w] * pdcr::exp_pair(old_max - new_max) + sum_exp;
+            for (int64_t j = 0; j < jn; ++j) sum_exp += simd::exp(v[j] - new_max);
+            s.sum_exp[r * W + w] = s.sum_exp[r * W + w] * simd::exp(old_max - new_max) + sum_exp;
             s.run_max[r * W + w] = new_max;
           }
         }
@@ -329,22 +325,12 @@ AFFSEG_ALWAYS_INLINE void forward_body(const ForwardTask<T>& t, const Options& o
     T loss = T(0);
     for (int64_t w = 0; w < W; ++w) {
       const T shift = kFixedShift ? T(0) : s.run_max[r * W + w];
-      const T lse = shift + std::log(s.sum_exp[r * W + w]);
+      const T lse = shift + simd::log(s.sum_exp[r * W + w]);
       t.lse[t.items[r] * W + w] = lse;
       loss += lse - s.pos[r * W + w] * t.inv_n[r];
     }
     t.loss[t.items[r]] = loss / T(W);
   }
-}
-
-template <typename T, bool kFixedShift>
-AFFSEG_TARGET_AVX2 void forward_avx2(const ForwardTask<T>& t, const Options& o, Scratch<T>& s) {
-  forward_body<T, true, kFixedShift>(t, o, s);
-}
-
-template <typename T, bool kFixedShift>
-void forward_base(const ForwardTask<T>& t, const Options& o, Scratch<T>& s) {
-  forward_body<T, false, kFixedShift>(t, o, s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,7 +383,7 @@ AFFSEG_ALWAYS_INLINE void grad_body(const GradTask<T>& t, const Options& o, Scra
           for (int64_t j = 0; j < jn; ++j) {
             T w_pos, w_neg;
             pdcr::pair_weights(div[j], weights, w_pos, w_neg);
-            const T p = pdcr::exp_pair(logit[j] * w_neg - lse);
+            const T p = simd::exp(logit[j] * w_neg - lse);
             g[j] += pdcr::pair_grad_term(p, w_pos, w_neg, inv_n);
           }
         } else {
@@ -407,7 +393,7 @@ AFFSEG_ALWAYS_INLINE void grad_body(const GradTask<T>& t, const Options& o, Scra
           for (int64_t j = 0; j < jn; ++j) {
             T w_pos, w_neg;
             pdcr::pair_weights(div[j], weights, w_pos, w_neg);
-            const T p = pdcr::exp_pair(logit[j] * w_neg - lse[j]);
+            const T p = simd::exp(logit[j] * w_neg - lse[j]);
             g[j] += pdcr::pair_grad_term(p, w_pos, w_neg, inv_n[j]);
           }
         }
@@ -430,15 +416,26 @@ AFFSEG_ALWAYS_INLINE void grad_body(const GradTask<T>& t, const Options& o, Scra
   for (int64_t r = 0; r < t.count; ++r) std::copy_n(s.acc.data() + r * cp, o.C, t.grad + t.items[r] * o.C);
 }
 
-template <typename T, bool kRowsOuter>
-AFFSEG_TARGET_AVX2 void grad_avx2(const GradTask<T>& t, const Options& o, Scratch<T>& s) {
-  grad_body<T, true, kRowsOuter>(t, o, s);
-}
+// The task entry points, one build per ISA (affseg/cpu_isa.h); the bodies above are forced inline
+// into each, so they are compiled for its target. FMA from AVX2 up.
+#define AFFSEG_PDCR_LOOPS                                                                        \
+  struct Loops {                                                                                 \
+    template <typename T, bool kFixedShift>                                                      \
+    static void forward(const ForwardTask<T>& t, const Options& o, Scratch<T>& s) {              \
+      forward_body<T, (kIsaLevel >= ::affseg::cpu::kAvx2), kFixedShift>(t, o, s);                \
+    }                                                                                            \
+    template <typename T, bool kRowsOuter>                                                       \
+    static void grad(const GradTask<T>& t, const Options& o, Scratch<T>& s) {                    \
+      grad_body<T, (kIsaLevel >= ::affseg::cpu::kAvx2), kRowsOuter>(t, o, s);                    \
+    }                                                                                            \
+  };
+AFFSEG_FOR_EACH_ISA(AFFSEG_PDCR_LOOPS)
+#undef AFFSEG_PDCR_LOOPS
 
-template <typename T, bool kRowsOuter>
-void grad_base(const GradTask<T>& t, const Options& o, Scratch<T>& s) {
-  grad_body<T, false, kRowsOuter>(t, o, s);
-}
+template <typename T>
+using ForwardFn = void (*)(const ForwardTask<T>&, const Options&, Scratch<T>&);
+template <typename T>
+using GradFn = void (*)(const GradTask<T>&, const Options&, Scratch<T>&);
 
 // ---------------------------------------------------------------------------------------------
 // Drivers.
@@ -515,7 +512,8 @@ void forward_impl(const at::Tensor& fa, const at::Tensor& pa, const at::Tensor& 
   const T bound = pdcr::logit_bound(inv_tau, max_ratio_sum(pa_p, d.B * W * d.N, K, o.fg_l1),
                                     max_ratio_sum(pb_p, d.B * W * d.M, K, o.fg_l1), o.fg_l1);
   const bool fixed_shift = bound <= pdcr::fixed_shift_limit<T>();
-  const bool avx2 = cpu_has_avx2_fma();
+  ForwardFn<T> forward = nullptr;
+  AFFSEG_DISPATCH_ISA(forward = fixed_shift ? &isa::Loops::forward<T, true> : &isa::Loops::forward<T, false>);
   const std::vector<TaskRange> tasks = split(rows);
 #pragma omp parallel
   {
@@ -531,11 +529,7 @@ void forward_impl(const at::Tensor& fa, const at::Tensor& pa, const at::Tensor& 
                                 inv_tau,
                                 loss_p + tr.b * d.N,
                                 lse_p + tr.b * d.N * W};
-      if (avx2) {
-        fixed_shift ? forward_avx2<T, true>(task, o, scratch) : forward_avx2<T, false>(task, o, scratch);
-      } else {
-        fixed_shift ? forward_base<T, true>(task, o, scratch) : forward_base<T, false>(task, o, scratch);
-      }
+      forward(task, o, scratch);
     }
   }
 }
@@ -584,7 +578,8 @@ void backward_impl(const at::Tensor& grad_row, const at::Tensor& fa, const at::T
       p.inv_n[t] = inv_n[b][t];
     }
   }
-  const bool avx2 = cpu_has_avx2_fma();
+  GradFn<T> grad_rows = nullptr, grad_cols = nullptr;
+  AFFSEG_DISPATCH_ISA(grad_rows = &isa::Loops::grad<T, true>, grad_cols = &isa::Loops::grad<T, false>);
   std::vector<std::vector<int64_t>> row_items(d.B), col_items(d.B);
   for (int64_t b = 0; b < d.B; ++b) {
     row_items[b] = rows[b].idx;
@@ -610,7 +605,7 @@ void backward_impl(const at::Tensor& grad_row, const at::Tensor& fa, const at::T
                                inv_n[tr.b].data() + tr.start,
                                lse_p + tr.b * d.N * W,
                                gfa_p + tr.b * d.N * C};
-        avx2 ? grad_avx2<T, true>(task, o, scratch) : grad_base<T, true>(task, o, scratch);
+        grad_rows(task, o, scratch);
       } else {
         const TaskRange& tr = col_tasks[ti - n_row_tasks];
         const GradTask<T> task{{fb_p + tr.b * d.M * C, pb_p + tr.b * W * d.M * K, d.M},
@@ -622,7 +617,7 @@ void backward_impl(const at::Tensor& grad_row, const at::Tensor& fa, const at::T
                                nullptr,
                                nullptr,
                                gfb_p + tr.b * d.M * C};
-        avx2 ? grad_avx2<T, false>(task, o, scratch) : grad_base<T, false>(task, o, scratch);
+        grad_cols(task, o, scratch);
       }
     }
   }

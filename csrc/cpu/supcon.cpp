@@ -5,10 +5,11 @@
 // transposed (Cpad, Npad) so the dot micro-kernel's inner loop runs over contiguous columns. A
 // thread owns kRows rows and sweeps all columns in tiles of kTile: dot products in a register-blocked
 // kRows × 2-vector micro-kernel (GCC vector extensions), then an `omp simd` pass over the tile for
-// the online log-sum-exp (forward) or the pair weights (backward). The loops are compiled twice: for
-// the SSE2 baseline the extension is built for (16-byte vectors) and, picked at run time when the
-// CPU has it, for AVX2 (32-byte vectors; 2-3× faster). Nothing of size N² is stored; extra memory is
+// the online log-sum-exp (forward) or the pair weights (backward). The loops are compiled per ISA
+// (affseg/cpu_isa.h): 16-byte vectors on the SSE2 baseline the extension is built for, 32-byte ones
+// from AVX2 up (2-3× faster), picked at run time. Nothing of size N² is stored; extra memory is
 // the two padded copies, O(N·C). Per-element math: supcon_math.h.
+// Limits: float32/float64 unit rows f (B, N, C), valid (B, N) bool; no size limit (int64 indexing).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -24,13 +25,14 @@
 #include "affseg/cpu_isa.h"
 
 // The kernels below (and the math header they inline) never read floating-point exception flags, so
-// comparisons may be evaluated speculatively: without this GCC keeps the selects in fast_exp and
+// comparisons may be evaluated speculatively: without this GCC keeps the selects in simd::exp and
 // pair_weight as branches and the `omp simd` loops over a tile stay scalar. Functions defined before
 // the pragma (std::max, ...) are not inlined into the ones after it, so the hot loops avoid them.
 #pragma GCC optimize("no-trapping-math")
 // 32-byte vector helpers are always inlined into AVX2 code, so the note that passing them by value
 // would change the ABI without AVX does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
+#include "affseg/simd_math.h"
 #include "affseg/supcon_math.h"
 
 namespace affseg {
@@ -43,7 +45,7 @@ constexpr int64_t kPadBytes = 64;  // rows and channels are padded to two of the
 #define AFFSEG_ALWAYS_INLINE __attribute__((always_inline)) inline
 
 // VB-byte vectors of T (GCC vector extensions): 16 bytes on the SSE2 baseline, 32 bytes in the AVX2
-// entry points, whose target attribute reaches these helpers through forced inlining.
+// builds (affseg/cpu_isa.h), whose target reaches these helpers through forced inlining.
 template <typename T, int VB>
 struct Vec {
   typedef T type __attribute__((vector_size(VB)));
@@ -156,7 +158,7 @@ AFFSEG_ALWAYS_INLINE void forward_block(const Args<T>& a, int64_t b, int64_t i0,
       const T new_max = tile_max > m[r] ? tile_max : m[r];
       T sum = T(0);
 #pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < live; ++j) sum += supcon::fast_exp(x[j] - new_max);
+      for (int64_t j = 0; j < live; ++j) sum += simd::exp(x[j] - new_max);
       s[r] = s[r] * supcon::rescale(m[r], new_max) + sum;
       m[r] = new_max;
     }
@@ -239,36 +241,34 @@ AFFSEG_ALWAYS_INLINE void backward_block(const Args<T>& a, int64_t b, int64_t i0
   }
 }
 
-// The OpenMP loops over (item, row block), once per instruction set. The parallel region is outlined
-// from these functions, so it inherits their target; the block helpers are inlined into it.
-#define AFFSEG_SUPCON_LOOPS(SUFFIX, TARGET, VB)                                                           \
-  template <typename T>                                                                                     \
-  TARGET void forward_##SUFFIX(const Args<T>& a, T* lse) {                                                  \
-    const int64_t blocks = (a.N + kRows - 1) / kRows;                                                       \
-    _Pragma("omp parallel for collapse(2) schedule(static)") for (int64_t b = 0; b < a.B; ++b) {            \
-      for (int64_t blk = 0; blk < blocks; ++blk) forward_block<T, VB>(a, b, blk * kRows, lse);             \
-    }                                                                                                       \
-  }                                                                                                         \
-  template <typename T>                                                                                     \
-  TARGET void backward_##SUFFIX(const Args<T>& a, const T* coef, const T* colmask, const T* lse, T* grad_f) {                 \
-    const int64_t blocks = (a.N + kRows - 1) / kRows;                                                       \
-    _Pragma("omp parallel") {                                                                               \
-      std::vector<T> accum(static_cast<size_t>(kRows * a.cpad));                                            \
-      _Pragma("omp for collapse(2) schedule(static)") for (int64_t b = 0; b < a.B; ++b) {                   \
-        for (int64_t blk = 0; blk < blocks; ++blk) {                                                        \
-          backward_block<T, VB>(a, b, blk * kRows, coef, colmask, lse, accum.data(), grad_f);                     \
-        }                                                                                                   \
-      }                                                                                                     \
-    }                                                                                                       \
-  }
-
-AFFSEG_SUPCON_LOOPS(baseline, , 16)
-#if defined(__x86_64__) && defined(__GNUC__)
-AFFSEG_SUPCON_LOOPS(avx2, __attribute__((target("avx2"))), 32)
-bool use_avx2() { return cpu::simd_level() >= 1; }  // AFFSEG_CPU_ISA=baseline caps it
-#else
-bool use_avx2() { return false; }
-#endif
+// The OpenMP loops over (item, row block), one build per ISA (affseg/cpu_isa.h). The parallel region
+// is outlined from these functions, so it inherits their target; the block helpers are inlined into
+// it. Vectors: 16 bytes on the baseline, 32 bytes from AVX2 up (64-byte vectors would need 128-byte
+// padding of rows and channels, and the kernel is not measured on an AVX-512 machine yet).
+#define AFFSEG_SUPCON_LOOPS                                                                                   \
+  constexpr int kVecBytes = kIsaLevel == ::affseg::cpu::kBaseline ? 16 : 32;                                  \
+  struct Loops {                                                                                              \
+    template <typename T>                                                                                     \
+    static void forward(const Args<T>& a, T* lse) {                                                           \
+      const int64_t blocks = (a.N + kRows - 1) / kRows;                                                       \
+      _Pragma("omp parallel for collapse(2) schedule(static)") for (int64_t b = 0; b < a.B; ++b) {            \
+        for (int64_t blk = 0; blk < blocks; ++blk) forward_block<T, kVecBytes>(a, b, blk * kRows, lse);      \
+      }                                                                                                       \
+    }                                                                                                         \
+    template <typename T>                                                                                     \
+    static void backward(const Args<T>& a, const T* coef, const T* colmask, const T* lse, T* grad_f) {        \
+      const int64_t blocks = (a.N + kRows - 1) / kRows;                                                       \
+      _Pragma("omp parallel") {                                                                               \
+        std::vector<T> accum(static_cast<size_t>(kRows * a.cpad));                                            \
+        _Pragma("omp for collapse(2) schedule(static)") for (int64_t b = 0; b < a.B; ++b) {                   \
+          for (int64_t blk = 0; blk < blocks; ++blk) {                                                        \
+            backward_block<T, kVecBytes>(a, b, blk * kRows, coef, colmask, lse, accum.data(), grad_f);        \
+          }                                                                                                   \
+        }                                                                                                     \
+      }                                                                                                       \
+    }                                                                                                         \
+  };
+AFFSEG_FOR_EACH_ISA(AFFSEG_SUPCON_LOOPS)
 #undef AFFSEG_SUPCON_LOOPS
 
 template <typename T>
@@ -281,10 +281,7 @@ template <typename T>
 void cos_lse_forward(const at::Tensor& f, const at::Tensor& valid, double inv_tau, T* lse) {
   const Padded p = pad_features<T>(f);
   const Args<T> a = make_args<T>(p, valid, f.size(2), inv_tau);
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (use_avx2()) return forward_avx2<T>(a, lse);
-#endif
-  forward_baseline<T>(a, lse);
+  AFFSEG_DISPATCH_ISA(isa::Loops::forward<T>(a, lse));
 }
 
 template <typename T>
@@ -297,10 +294,7 @@ void cos_lse_backward(const at::Tensor& f, const at::Tensor& valid, const T* gra
     coef[i] = supcon::row_coefficient(grad[i], lse[i]);
     colmask[i] = a.valid[i] ? T(1) : T(0);
   }
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (use_avx2()) return backward_avx2<T>(a, coef.data(), colmask.data(), lse, grad_f);
-#endif
-  backward_baseline<T>(a, coef.data(), colmask.data(), lse, grad_f);
+  AFFSEG_DISPATCH_ISA(isa::Loops::backward<T>(a, coef.data(), colmask.data(), lse, grad_f));
 }
 
 at::Tensor cos_lse_fwd_cpu(const at::Tensor& f_in, const at::Tensor& valid_in, double inv_tau) {

@@ -4,6 +4,10 @@
 // statistics (M exps and one log per pixel, affseg/uafs_math.h) into per-thread buffers, then
 // stream over the C channels of x with the pixel loop innermost so it vectorises. Forward stores
 // nothing but y; backward recomputes U from att.
+// Memory traffic: forward reads att and x once and writes y; backward reads g, x, att once and
+// writes grad_x, grad_att (per thread 2·M·512 + 4·512 values of scratch).
+// Limits: float32/float64, x (B, C, *S) with 1 to 3 spatial dims, att (B, M, *S) with M ≥ 2, one
+// dtype; no size limit (int64 indexing). Hot loops per ISA through affseg/cpu_isa.h.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -19,6 +23,7 @@
 #pragma GCC optimize("no-trapping-math")
 #include "affseg/checks.h"
 #include "affseg/cpu_isa.h"
+#include "affseg/simd_math.h"
 #include "affseg/uafs_math.h"
 
 namespace affseg {
@@ -30,84 +35,64 @@ constexpr int64_t kBlock = 512;
 // vectorising) them once they are inlined into the block driver. They are compiled three times,
 // for baseline x86-64 (SSE2), AVX2+FMA and AVX-512, and picked at run time (setup.py builds for the
 // baseline; the exp/log polynomials are compute-bound, the channel loops memory-bound).
-#define AFFSEG_PIXEL_PASSES                                                                               \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void max_pass(const T* __restrict__ a, T* __restrict__ m, int64_t n) {        \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) m[i] = nan_max(m[i], a[i]);                     \
-  }                                                                                                       \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void exp_pass(const T* __restrict__ a, const T* __restrict__ m,               \
-                                          T* __restrict__ d, T* __restrict__ e, T* __restrict__ s,        \
-                                          T* __restrict__ pd, int64_t n) {                                \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                 \
-      const T dd = a[i] - m[i];                                                                           \
-      const T ee = exp_nonpos(dd);                                                                        \
-      d[i] = dd;                                                                                          \
-      e[i] = ee;                                                                                          \
-      s[i] += ee;                                                                                         \
-      pd[i] += ee * dd;                                                                                   \
-    }                                                                                                     \
-  }                                                                                                       \
-  /* s → 1/s, pd → H, and w = 2 − H / log M. */                                                           \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void entropy_pass(T* __restrict__ s, T* __restrict__ pd, T* __restrict__ ls,  \
-                                              T* __restrict__ w, T inv_log_m, int64_t n) {                \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                 \
-      const T l = log_pos(s[i]);                                                                          \
-      const T h = uafs_entropy(l, s[i], pd[i]);                                                           \
-      ls[i] = l;                                                                                          \
-      s[i] = T(1) / s[i];                                                                                 \
-      pd[i] = h;                                                                                          \
-      w[i] = T(2) - h * inv_log_m;                                                                        \
-    }                                                                                                     \
-  }                                                                                                       \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void scale_pass(const T* __restrict__ x, const T* __restrict__ w,             \
-                                            T* __restrict__ y, int64_t n) {                               \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) y[i] = x[i] * w[i];                               \
-  }                                                                                                       \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void channel_grad_pass(const T* __restrict__ g, const T* __restrict__ x,      \
-                                                   const T* __restrict__ w, T* __restrict__ gx,           \
-                                                   T* __restrict__ du, int64_t n) {                       \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                 \
-      gx[i] = g[i] * w[i];                                                                                \
-      du[i] -= g[i] * x[i];                                                                               \
-    }                                                                                                     \
-  }                                                                                                       \
-  template <typename T>                                                                                   \
-  __attribute__((noinline)) void att_grad_pass(const T* __restrict__ du, const T* __restrict__ e,         \
-                                               const T* __restrict__ d, const T* __restrict__ inv_s,      \
-                                               const T* __restrict__ ls, const T* __restrict__ h,         \
-                                               T* __restrict__ ga, T inv_log_m, int64_t n) {              \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) ga[i] =                                           \
-        du[i] * uafs_dU_da(e[i], d[i], inv_s[i], ls[i], h[i], inv_log_m);                                 \
-  }
+#define AFFSEG_PIXEL_PASSES                                                                                     \
+  struct Passes {                                                                                               \
+  template <typename T>                                                                                         \
+  static __attribute__((noinline)) void max_pass(const T* __restrict__ a, T* __restrict__ m, int64_t n) {       \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) m[i] = simd::nan_max(m[i], a[i]);                       \
+  }                                                                                                             \
+  template <typename T>                                                                                         \
+  static __attribute__((noinline)) void exp_pass(const T* __restrict__ a, const T* __restrict__ m,              \
+                                          T* __restrict__ d, T* __restrict__ e, T* __restrict__ s,              \
+                                          T* __restrict__ pd, int64_t n) {                                      \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                       \
+      const T dd = a[i] - m[i];                                                                                 \
+      const T ee = simd::exp(dd);                                                                               \
+      d[i] = dd;                                                                                                \
+      e[i] = ee;                                                                                                \
+      s[i] += ee;                                                                                               \
+      pd[i] += ee * dd;                                                                                         \
+    }                                                                                                           \
+  }                                                                                                             \
+  /* s → 1/s, pd → H, and w = 2 − H / log M. */                                                                 \
+  template <typename T>                                                                                         \
+  static __attribute__((noinline)) void entropy_pass(T* __restrict__ s, T* __restrict__ pd, T* __restrict__ ls, \
+                                              T* __restrict__ w, T inv_log_m, int64_t n) {                      \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                       \
+      const T l = simd::log(s[i]);                                                                              \
+      const T h = uafs_entropy(l, s[i], pd[i]);                                                                 \
+      ls[i] = l;                                                                                                \
+      s[i] = T(1) / s[i];                                                                                       \
+      pd[i] = h;                                                                                                \
+      w[i] = T(2) - h * inv_log_m;                                                                              \
+    }                                                                                                           \
+  }                                                                                                             \
+  template <typename T>                                                                                         \
+  static __attribute__((noinline)) void scale_pass(const T* __restrict__ x, const T* __restrict__ w,            \
+                                            T* __restrict__ y, int64_t n) {                                     \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) y[i] = x[i] * w[i];                                     \
+  }                                                                                                             \
+  template <typename T>                                                                                         \
+  static __attribute__((noinline)) void channel_grad_pass(const T* __restrict__ g, const T* __restrict__ x,     \
+                                                   const T* __restrict__ w, T* __restrict__ gx,                 \
+                                                   T* __restrict__ du, int64_t n) {                             \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                                       \
+      gx[i] = g[i] * w[i];                                                                                      \
+      du[i] -= g[i] * x[i];                                                                                     \
+    }                                                                                                           \
+  }                                                                                                             \
+  template <typename T>                                                                                         \
+  static __attribute__((noinline)) void att_grad_pass(const T* __restrict__ du, const T* __restrict__ e,        \
+                                               const T* __restrict__ d, const T* __restrict__ inv_s,            \
+                                               const T* __restrict__ ls, const T* __restrict__ h,               \
+                                               T* __restrict__ ga, T inv_log_m, int64_t n) {                    \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) ga[i] =                                                 \
+        du[i] * uafs_dU_da(e[i], d[i], inv_s[i], ls[i], h[i], inv_log_m);                                       \
+  }                                                                                                             \
+  };
 
 AFFSEG_FOR_EACH_ISA(AFFSEG_PIXEL_PASSES)
 #undef AFFSEG_PIXEL_PASSES
-
-#define AFFSEG_PASS_TABLE(NAME, NS)                                                  \
-  struct NAME {                                                                      \
-    template <typename... A>                                                         \
-    static void max_pass(A... a) { NS::max_pass(a...); }                             \
-    template <typename... A>                                                         \
-    static void exp_pass(A... a) { NS::exp_pass(a...); }                             \
-    template <typename... A>                                                         \
-    static void entropy_pass(A... a) { NS::entropy_pass(a...); }                     \
-    template <typename... A>                                                         \
-    static void scale_pass(A... a) { NS::scale_pass(a...); }                         \
-    template <typename... A>                                                         \
-    static void channel_grad_pass(A... a) { NS::channel_grad_pass(a...); }           \
-    template <typename... A>                                                         \
-    static void att_grad_pass(A... a) { NS::att_grad_pass(a...); }                   \
-  };
-AFFSEG_PASS_TABLE(BasePasses, base)
-AFFSEG_PASS_TABLE(Avx2Passes, avx2)
-AFFSEG_PASS_TABLE(Avx512Passes, avx512)
-#undef AFFSEG_PASS_TABLE
-
-const int kSimdLevel = cpu::simd_level();
 
 // Attention statistics of one block of n pixels: w = 2 − U, 1/s, log s, H, and e, d (M rows)
 // for backward.
@@ -194,10 +179,8 @@ at::Tensor uafs_fwd_cpu(const at::Tensor& x_in, const at::Tensor& att_in) {
   const int64_t B = x.size(0), C = x.size(1), M = att.size(1), N = x.numel() / std::max<int64_t>(B * C, 1);
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "uafs_fwd_cpu", [&] {
-    auto run = kSimdLevel == 2 ? uafs_fwd_kernel<scalar_t, Avx512Passes>
-               : kSimdLevel == 1 ? uafs_fwd_kernel<scalar_t, Avx2Passes>
-                                 : uafs_fwd_kernel<scalar_t, BasePasses>;
-    run(x.data_ptr<scalar_t>(), att.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), B, C, M, N);
+    AFFSEG_DISPATCH_ISA(uafs_fwd_kernel<scalar_t, isa::Passes>(x.data_ptr<scalar_t>(), att.data_ptr<scalar_t>(),
+                                                               y.data_ptr<scalar_t>(), B, C, M, N));
   });
   return y;
 }
@@ -214,11 +197,9 @@ std::tuple<at::Tensor, at::Tensor> uafs_bwd_cpu(const at::Tensor& grad_in, const
   const int64_t B = x.size(0), C = x.size(1), M = att.size(1), N = att.numel() / std::max<int64_t>(B * M, 1);
   if (C == 0 || ga.numel() == 0) return {gx, ga};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "uafs_bwd_cpu", [&] {
-    auto run = kSimdLevel == 2 ? uafs_bwd_kernel<scalar_t, Avx512Passes>
-               : kSimdLevel == 1 ? uafs_bwd_kernel<scalar_t, Avx2Passes>
-                                 : uafs_bwd_kernel<scalar_t, BasePasses>;
-    run(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data_ptr<scalar_t>(),
-        gx.data_ptr<scalar_t>(), ga.data_ptr<scalar_t>(), B, C, M, N);
+    AFFSEG_DISPATCH_ISA(uafs_bwd_kernel<scalar_t, isa::Passes>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                                               att.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),
+                                                               ga.data_ptr<scalar_t>(), B, C, M, N));
   });
   return {gx, ga};
 }

@@ -58,20 +58,20 @@ __global__ void patch_entropy_kernel(const T* __restrict__ logits, const int64_t
       pix = ((z0 + t / (ny * nx)) * g.size[1] + y0 + (t / nx) % ny) * g.size[2] + x0 + t % nx;
       if (has_mask) cls = mask[b * N + pix];
       m = x[pix];
-      for (int64_t k = 1; k < K; ++k) m = nan_max(m, x[k * N + pix]);
+      for (int64_t k = 1; k < K; ++k) m = simd::nan_max(m, x[k * N + pix]);
       for (int64_t k = 0; k < K; ++k) {
-        const T e = exp_nonpos(x[k * N + pix] - m);
+        const T e = simd::exp(x[k * N + pix] - m);
         s_lt += e < T(1) ? e : T(0);
         ties += e == T(1) ? T(1) : T(0);
       }
     }
     const T s = ok ? s_lt + ties : T(1);
-    const T inv_s = T(1) / s, log_s = log_pos(s);
+    const T inv_s = T(1) / s, log_s = simd::log(s);
     T H = T(0);
     if (shannon && ok) {
       for (int64_t k = 0; k < K; ++k) {
         const T d = x[k * N + pix] - m;
-        H += neg_plogp(exp_nonpos(d), d, inv_s, log_s);
+        H += neg_plogp(simd::exp(d), d, inv_s, log_s);
       }
       H *= inv_log_k;
     }
@@ -80,7 +80,7 @@ __global__ void patch_entropy_kernel(const T* __restrict__ logits, const int64_t
       T h = T(0), p = T(0);
       if (member) {
         const T d = x[k * N + pix] - m;
-        const T e = exp_nonpos(d);
+        const T e = simd::exp(d);
         p = e * inv_s;
         h = shannon ? H : neg_plogp(e, d, inv_s, log_s) + neg_xlogx_ratio(others_sum(e, s, s_lt, ties), inv_s, log_s);
       }

@@ -24,12 +24,19 @@ cuda::PdcrArgs<T> make_args(const at::Tensor& fa, const at::Tensor& pa, const at
                            static_cast<T>(inv_tau), swapped, fg_l1, exclude_self};
 }
 
+void check_cuda_limits(const at::Tensor& fa, const at::Tensor& phia) {
+  TORCH_CHECK(phia.size(1) <= cuda::kPdcrMaxWindows, "the CUDA pdcr kernel supports 1 to ", cuda::kPdcrMaxWindows,
+              " windows, got ", phia.size(1));
+  TORCH_CHECK(fa.size(0) <= cuda::kPdcrMaxBatch, "the CUDA pdcr kernel takes at most ", cuda::kPdcrMaxBatch,
+              " batch items, got ", fa.size(0));
+}
+
 std::tuple<at::Tensor, at::Tensor> pdcr_fwd_cuda(const at::Tensor& fa, const at::Tensor& phia, const at::Tensor& fb,
                                                  const at::Tensor& phib, const at::Tensor& valid_a,
                                                  const at::Tensor& valid_b, double inv_tau, bool swapped, bool fg_l1,
                                                  bool exclude_self) {
   check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCUDA);
-  TORCH_CHECK(phia.size(1) <= 8, "the CUDA pdcr kernel supports 1 to 8 windows, got ", phia.size(1));
+  check_cuda_limits(fa, phia);
   const c10::cuda::CUDAGuard guard(fa.device());
   at::Tensor loss = at::zeros({fa.size(0), fa.size(1)}, fa.options());
   at::Tensor lse = at::full({fa.size(0), fa.size(1), phia.size(1)}, -std::numeric_limits<double>::infinity(),
@@ -55,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cuda(const at::Tensor& grad_row, con
                                                  const at::Tensor& row_lse, double inv_tau, bool swapped, bool fg_l1,
                                                  bool exclude_self) {
   check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCUDA);
-  TORCH_CHECK(phia.size(1) <= 8, "the CUDA pdcr kernel supports 1 to 8 windows, got ", phia.size(1));
+  check_cuda_limits(fa, phia);
   AFFSEG_CHECK_SAME_DTYPE(fa, grad_row);
   AFFSEG_CHECK_SAME_DTYPE(fa, row_lse);
   AFFSEG_CHECK_DEVICE(grad_row, at::kCUDA);

@@ -16,7 +16,8 @@
 // gradient rows, which only this block owns: deterministic, no atomics.
 // Memory: no N×M buffer; static shared memory 64·(CHUNK+1)·T + 32·33·T (backward) or 3·128·8·T (forward).
 // FLOPs per call: 2·N·M·C forward (+ the epilogue, W·(3K+20) per pair); 4·N·M·C + 2 epilogues backward.
-// Limits: W ≤ 8 windows (shared memory of the forward state); int64 indexing throughout.
+// Limits: W ≤ kPdcrMaxWindows = 8 (shared memory of the forward state), B ≤ 65535 (grid y), valid
+// columns per batch < 2^31 (int counter); float32/float64; int64 indexing otherwise.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -33,7 +34,7 @@ constexpr int kOuter = 32;                        // outer items per block
 constexpr int kLanesPerItem = kThreads / kOuter;  // 4 threads share an outer item
 constexpr int kInner = 32;                        // inner items per tile
 constexpr int kPerThread = kInner / kLanesPerItem;
-constexpr int kMaxWindows = 8;
+constexpr int kMaxWindows = static_cast<int>(kPdcrMaxWindows);
 
 template <typename T>
 struct Chunk {
@@ -43,11 +44,6 @@ struct Chunk {
 template <typename T>
 __device__ __forceinline__ T neg_inf() {
   return -static_cast<T>(INFINITY);
-}
-
-template <typename T>
-__device__ __forceinline__ T nan_max(T a, T b) {
-  return (b > a || b != b) ? b : a;
 }
 
 // Valid columns of batch b (every thread gets the count).
@@ -151,18 +147,18 @@ __global__ void __launch_bounds__(kThreads, 1) pdcr_forward_kernel(PdcrArgs<T> a
         T neg, p;
         if (pair_terms(a, weights, vb, phi_i, pb + w * a.M * a.K, i, j0 + lane + kLanesPerItem * q, acc[q], neg, p)) {
           pos += p;
-          tile_max = nan_max(tile_max, neg);
+          tile_max = simd::nan_max(tile_max, neg);
         }
       }
       const T old_max = s_max[w][threadIdx.x];
-      const T new_max = nan_max(old_max, tile_max);
+      const T new_max = simd::nan_max(old_max, tile_max);
       if (new_max != neg_inf<T>()) {
-        T sum = s_sum[w][threadIdx.x] * pdcr::exp_pair(old_max - new_max);
+        T sum = s_sum[w][threadIdx.x] * simd::exp(old_max - new_max);
 #pragma unroll
         for (int q = 0; q < kPerThread; ++q) {
           T neg, p;
           if (pair_terms(a, weights, vb, phi_i, pb + w * a.M * a.K, i, j0 + lane + kLanesPerItem * q, acc[q], neg, p))
-            sum += pdcr::exp_pair(neg - new_max);
+            sum += simd::exp(neg - new_max);
         }
         s_sum[w][threadIdx.x] = sum;
         s_max[w][threadIdx.x] = new_max;
@@ -181,15 +177,15 @@ __global__ void __launch_bounds__(kThreads, 1) pdcr_forward_kernel(PdcrArgs<T> a
   for (int64_t w = 0; w < a.W; ++w) {
     T m = neg_inf<T>(), pos = T(0);
     for (int l = 0; l < kLanesPerItem; ++l) {
-      m = nan_max(m, s_max[w][threadIdx.x + l]);
+      m = simd::nan_max(m, s_max[w][threadIdx.x + l]);
       pos += s_pos[w][threadIdx.x + l];
     }
     T sum = T(0);
     for (int l = 0; l < kLanesPerItem; ++l) {
       const T lm = s_max[w][threadIdx.x + l];
-      if (lm != neg_inf<T>()) sum += s_sum[w][threadIdx.x + l] * pdcr::exp_pair(lm - m);
+      if (lm != neg_inf<T>()) sum += s_sum[w][threadIdx.x + l] * simd::exp(lm - m);
     }
-    const T row_lse = m + log(sum);
+    const T row_lse = m + simd::log(sum);
     lse[(b * a.N + i) * a.W + w] = row_lse;
     row_loss += row_lse - pos / static_cast<T>(n_i);
   }
@@ -246,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                                 static_cast<int>(a.K), a.fg_l1);
             T w_pos, w_neg;
             pdcr::pair_weights(d, weights, w_pos, w_neg);
-            const T prob = pdcr::exp_pair(s * w_neg - lse_b[i * a.W + w]);
+            const T prob = simd::exp(s * w_neg - lse_b[i * a.W + w]);
             sum += pdcr::pair_grad_term(prob, w_pos, w_neg, inv_n);
           }
           G = g * scale * sum;
@@ -272,7 +268,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 template <typename T>
 cudaError_t launch_pdcr_forward(const PdcrArgs<T>& args, T* loss, T* lse, cudaStream_t stream) {
-  if (args.W > kMaxWindows) return cudaErrorInvalidValue;
+  if (args.W > kMaxWindows || args.B > kPdcrMaxBatch) return cudaErrorInvalidValue;
   if (args.B == 0 || args.N == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((args.N + kOuter - 1) / kOuter), static_cast<unsigned>(args.B));
   pdcr_forward_kernel<T><<<grid, kThreads, 0, stream>>>(args, loss, lse);
@@ -282,6 +278,7 @@ cudaError_t launch_pdcr_forward(const PdcrArgs<T>& args, T* loss, T* lse, cudaSt
 template <typename T>
 cudaError_t launch_pdcr_backward(const PdcrArgs<T>& args, const T* grad_row, const T* lse, T* grad_fa, T* grad_fb,
                                  cudaStream_t stream) {
+  if (args.W > kMaxWindows || args.B > kPdcrMaxBatch) return cudaErrorInvalidValue;
   cudaError_t err = cudaMemsetAsync(grad_fa, 0, sizeof(T) * args.B * args.N * args.C, stream);
   if (err == cudaSuccess) err = cudaMemsetAsync(grad_fb, 0, sizeof(T) * args.B * args.M * args.C, stream);
   if (err != cudaSuccess || args.B == 0) return err;

@@ -7,6 +7,12 @@
 namespace affseg {
 namespace cuda {
 
+// Most windows the kernels take: the forward keeps (max, sum, pos) per thread and window in static
+// shared memory, 3·kPdcrMaxWindows·128·sizeof(T) bytes (24 KiB for double).
+constexpr int64_t kPdcrMaxWindows = 8;
+// Most batch items: the batch is the grid's y dimension.
+constexpr int64_t kPdcrMaxBatch = 65535;
+
 // Unit rows fa (B,N,C) with ratios pa (B,W,N,K) and mask va (B,N); unit columns fb (B,M,C), pb
 // (B,W,M,K), vb (B,M). Contiguous device memory; intra-layer callers pass the same pointers twice.
 template <typename T>

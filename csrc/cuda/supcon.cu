@@ -15,6 +15,8 @@ namespace {
 
 at::Tensor cos_lse_fwd_cuda(const at::Tensor& f_in, const at::Tensor& valid_in, double inv_tau) {
   check_cos_lse_inputs(f_in, valid_in, at::kCUDA);
+  TORCH_CHECK(f_in.size(0) <= cuda::kCosLseMaxBatch, "the CUDA cos_lse kernels take at most ", cuda::kCosLseMaxBatch,
+              " batch items, got ", f_in.size(0));
   const c10::cuda::CUDAGuard guard(f_in.device());
   const at::Tensor f = f_in.contiguous();
   const at::Tensor valid = valid_in.contiguous();
@@ -32,6 +34,8 @@ at::Tensor cos_lse_fwd_cuda(const at::Tensor& f_in, const at::Tensor& valid_in, 
 at::Tensor cos_lse_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& f_in, const at::Tensor& valid_in,
                             const at::Tensor& lse_in, double inv_tau) {
   check_cos_lse_bwd_inputs(grad_in, f_in, valid_in, lse_in, at::kCUDA);
+  TORCH_CHECK(f_in.size(0) <= cuda::kCosLseMaxBatch, "the CUDA cos_lse kernels take at most ", cuda::kCosLseMaxBatch,
+              " batch items, got ", f_in.size(0));
   const c10::cuda::CUDAGuard guard(f_in.device());
   const at::Tensor f = f_in.contiguous();
   const at::Tensor valid = valid_in.contiguous();

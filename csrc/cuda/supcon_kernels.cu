@@ -6,6 +6,8 @@
 // Forward: online LSE over each tile's TN logits. Backward: the pair weights of the tile, then
 // grad f_i += Σ_k w_ik f_k chunk by chunk into the thread's own output row (read-modify-write of its
 // own row only: deterministic, no atomics). Logits are recomputed, never stored.
+// Limits: float32/float64 unit rows; B ≤ kCosLseMaxBatch = 65535 (grid y), N < 2^31·128 rows; int64
+// indexing otherwise.
 #include "supcon_kernels.h"
 
 #include <cmath>
@@ -79,13 +81,13 @@ __global__ void __launch_bounds__(kThreads) cos_lse_fwd_kernel(const T* __restri
       const int64_t k = k0 + t;
       dots[t] = (k < N && k != i && vb[k]) ? dots[t] * inv_tau : neg_inf;
       nan = nan || dots[t] != dots[t];
-      tile_max = supcon::nan_max(tile_max, dots[t]);
+      tile_max = simd::nan_max(tile_max, dots[t]);
     }
     if (tile_max == neg_inf) continue;
-    const T new_max = supcon::nan_max(m, tile_max);
+    const T new_max = simd::nan_max(m, tile_max);
     T sum = T(0);
 #pragma unroll
-    for (int t = 0; t < TN; ++t) sum += supcon::fast_exp(dots[t] - new_max);
+    for (int t = 0; t < TN; ++t) sum += simd::exp(dots[t] - new_max);
     s = s * supcon::rescale(m, new_max) + sum;
     m = new_max;
   }

@@ -7,6 +7,9 @@
 namespace affseg {
 namespace cuda {
 
+// Most batch items: the batch is the grid's y dimension.
+constexpr int64_t kCosLseMaxBatch = 65535;
+
 // f (B, N, C) unit rows, valid (B, N) bool -> lse (B, N). T is float or double.
 template <typename T>
 void cos_lse_fwd_launch(const T* f, const bool* valid, int64_t B, int64_t N, int64_t C, T inv_tau, T* lse,

@@ -22,16 +22,16 @@ template <typename T>
 __device__ __forceinline__ PixelAtt<T> pixel_att(const T* __restrict__ a, int64_t M, int64_t N) {
   PixelAtt<T> r;
   r.m = a[0];
-  for (int64_t j = 1; j < M; ++j) r.m = nan_max(r.m, a[j * N]);
+  for (int64_t j = 1; j < M; ++j) r.m = simd::nan_max(r.m, a[j * N]);
   T s = T(0), pd = T(0);
   for (int64_t j = 0; j < M; ++j) {
     const T d = a[j * N] - r.m;
-    const T e = exp_nonpos(d);
+    const T e = simd::exp(d);
     s += e;
     pd += e * d;
   }
   r.s = s;
-  r.log_s = log_pos(s);
+  r.log_s = simd::log(s);
   r.H = uafs_entropy(r.log_s, s, pd);
   return r;
 }
@@ -73,7 +73,7 @@ __global__ void uafs_bwd_kernel(const T* __restrict__ g, const T* __restrict__ x
     T* gap = ga + b * M * N + i;
     for (int64_t j = 0; j < M; ++j) {
       const T d = a[j * N] - st.m;
-      gap[j * N] = du * uafs_dU_da(exp_nonpos(d), d, inv_s, st.log_s, st.H, inv_log_m);
+      gap[j * N] = du * uafs_dU_da(simd::exp(d), d, inv_s, st.log_s, st.H, inv_log_m);
     }
   }
 }

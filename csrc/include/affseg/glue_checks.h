@@ -65,4 +65,91 @@ inline void check_cos_lse_bwd_inputs(const at::Tensor& grad, const at::Tensor& f
   check_same_device(device, {&f, &grad, &lse}, "cos_lse");
 }
 
+// affinity_matrix / affinity_matrix_bwd: y_t (N, D), y_s (M, D) of one floating dtype; grad_a (N, M).
+inline void check_affinity_inputs(const at::Tensor& y_t, const at::Tensor& y_s, at::DeviceType device) {
+  AFFSEG_CHECK_FLOAT(y_t);
+  AFFSEG_CHECK_SAME_DTYPE(y_t, y_s);
+  AFFSEG_CHECK_DIM(y_t, 2);
+  AFFSEG_CHECK_DIM(y_s, 2);
+  TORCH_CHECK(y_t.size(1) == y_s.size(1), "affinity_matrix: y_t (N, D) and y_s (M, D) must share D, got ",
+              y_t.sizes(), " and ", y_s.sizes());
+  check_same_device(device, {&y_t, &y_s}, "affinity_matrix");
+}
+
+inline void check_affinity_bwd_inputs(const at::Tensor& grad_a, const at::Tensor& y_t, const at::Tensor& y_s,
+                                      at::DeviceType device) {
+  check_affinity_inputs(y_t, y_s, device);
+  AFFSEG_CHECK_SAME_DTYPE(grad_a, y_t);
+  TORCH_CHECK(grad_a.dim() == 2 && grad_a.size(0) == y_t.size(0) && grad_a.size(1) == y_s.size(0),
+              "affinity_matrix_bwd: grad_a must be (N, M) = (", y_t.size(0), ", ", y_s.size(0), "), got ",
+              grad_a.sizes());
+  check_same_device(device, {&grad_a, &y_t}, "affinity_matrix_bwd");
+}
+
+// hard_negatives / queue_lse_bwd / mixed_logits: q (B, C), neg (Q, C) of one floating dtype.
+inline void check_query_queue(const at::Tensor& q, const at::Tensor& neg, const char* op) {
+  AFFSEG_CHECK_FLOAT(q);
+  AFFSEG_CHECK_SAME_DTYPE(q, neg);
+  AFFSEG_CHECK_DIM(q, 2);
+  AFFSEG_CHECK_DIM(neg, 2);
+  TORCH_CHECK(q.size(1) == neg.size(1), op, ": q (B, C) and neg (Q, C) must share C, got ", q.sizes(), " and ",
+              neg.sizes());
+}
+
+// q_cls (B,) and neg_cls (Q,) int64, always given (read only with use_classes).
+inline void check_hard_inputs(const at::Tensor& q, const at::Tensor& neg, const at::Tensor& q_cls,
+                              const at::Tensor& neg_cls, at::DeviceType device, const char* op) {
+  check_query_queue(q, neg, op);
+  TORCH_CHECK(q_cls.scalar_type() == at::kLong && neg_cls.scalar_type() == at::kLong, op,
+              ": q_cls and neg_cls must be int64");
+  TORCH_CHECK(q_cls.dim() == 1 && q_cls.size(0) == q.size(0), op, ": q_cls must be (B,) = (", q.size(0), ",), got ",
+              q_cls.sizes());
+  TORCH_CHECK(neg_cls.dim() == 1 && neg_cls.size(0) == neg.size(0), op, ": neg_cls must be (Q,) = (", neg.size(0),
+              ",), got ", neg_cls.sizes());
+  check_same_device(device, {&q, &neg, &q_cls, &neg_cls}, op);
+}
+
+inline void check_queue_lse_bwd_inputs(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& neg,
+                                       const at::Tensor& q_cls, const at::Tensor& neg_cls, const at::Tensor& lse,
+                                       at::DeviceType device) {
+  check_hard_inputs(q, neg, q_cls, neg_cls, device, "queue_lse_bwd");
+  AFFSEG_CHECK_SAME_DTYPE(grad, q);
+  AFFSEG_CHECK_SAME_DTYPE(lse, q);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == q.size(0) && lse.dim() == 1 && lse.size(0) == q.size(0),
+              "queue_lse_bwd: grad_lse and queue_lse must be (B,)");
+  check_same_device(device, {&q, &grad, &lse}, "queue_lse_bwd");
+}
+
+// mixed_logits / mixed_logits_bwd: alpha (Q,) of q's dtype; hard_idx (B, H), hard_count (B,), pairs
+// (B, P, 2) int64; grad (B, P).
+inline void check_mixed_inputs(const at::Tensor& q, const at::Tensor& neg, const at::Tensor& alpha,
+                               const at::Tensor& hard_idx, const at::Tensor& hard_count, const at::Tensor& pairs,
+                               at::DeviceType device) {
+  check_query_queue(q, neg, "mixed_logits");
+  AFFSEG_CHECK_SAME_DTYPE(alpha, q);
+  TORCH_CHECK(alpha.dim() == 1 && alpha.size(0) == neg.size(0), "mixed_logits: alpha must be (Q,) = (",
+              neg.size(0), ",), got ", alpha.sizes());
+  TORCH_CHECK(hard_idx.scalar_type() == at::kLong && hard_count.scalar_type() == at::kLong &&
+                  pairs.scalar_type() == at::kLong,
+              "mixed_logits: hard_idx, hard_count and pairs must be int64");
+  const int64_t B = q.size(0);
+  TORCH_CHECK(hard_idx.dim() == 2 && hard_idx.size(0) == B, "mixed_logits: hard_idx must be (B, H), got ",
+              hard_idx.sizes());
+  TORCH_CHECK(hard_count.dim() == 1 && hard_count.size(0) == B, "mixed_logits: hard_count must be (B,), got ",
+              hard_count.sizes());
+  TORCH_CHECK(pairs.dim() == 3 && pairs.size(0) == B && pairs.size(2) == 2,
+              "mixed_logits: pairs must be (B, P, 2), got ", pairs.sizes());
+  check_same_device(device, {&q, &neg, &alpha, &hard_idx, &hard_count, &pairs}, "mixed_logits");
+}
+
+inline void check_mixed_bwd_inputs(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& neg,
+                                   const at::Tensor& alpha, const at::Tensor& hard_idx, const at::Tensor& hard_count,
+                                   const at::Tensor& pairs, at::DeviceType device) {
+  check_mixed_inputs(q, neg, alpha, hard_idx, hard_count, pairs, device);
+  AFFSEG_CHECK_SAME_DTYPE(grad, q);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == pairs.size(0) && grad.size(1) == pairs.size(1),
+              "mixed_logits_bwd: grad_logits must be (B, P), got ", grad.sizes());
+  check_same_device(device, {&q, &grad}, "mixed_logits_bwd");
+}
+
 }  // namespace affseg

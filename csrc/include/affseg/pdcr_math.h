@@ -11,11 +11,10 @@
 // Limits: fg_l1 lets a (and so w⁻ in the swapped orientation) be negative, so callers must not
 // assume ŝ·w⁻ ≤ 0. NaN operands give NaN (no fmax/fmin on the value path).
 #pragma once
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "affseg/macros.h"
+#include "affseg/simd_math.h"
 
 namespace affseg {
 namespace pdcr {
@@ -69,89 +68,6 @@ AFFSEG_HD T window_divergence(const T* phi_i, const T* phi_j, int64_t stride_j, 
 template <typename T>
 AFFSEG_HD T pair_grad_term(T p, T w_pos, T w_neg, T inv_n) {
   return p * w_neg - w_pos * inv_n;
-}
-
-// exp: the libm/libdevice function on the GPU; on the host a Cody–Waite reduction and a Taylor
-// polynomial (degree 7 / 13, truncation below one ulp) with selects instead of branches, so that the
-// CPU's pair loops vectorise (csrc/cpu/pdcr.cpp compiles them with no-trapping-math, not -ffast-math).
-// Returns 0 below the smallest normal result, +inf above the largest, NaN for NaN.
-AFFSEG_HD float exp_pair(float x) {
-#if defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  constexpr float lo = -87.0f, hi = 88.0f;
-  // Both comparisons unconditionally, then plain selects: a comparison evaluated under a branch
-  // could trap (-ftrapping-math), which keeps GCC from if-converting and vectorising the loop.
-  const bool below = x < lo;
-  const bool above = x > hi;
-  float xc = below ? lo : x;
-  xc = above ? hi : xc;
-  // Adding 1.5·2^23 rounds to an integer n; the +127 bias leaves (n + 127) in the low mantissa bits.
-  constexpr float magic = 12582912.0f + 127.0f;
-  const float t = xc * 1.44269504088896341f + magic;
-  const float n = t - magic;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  uint32_t bits;
-  std::memcpy(&bits, &t, sizeof bits);
-  bits <<= 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  const float y = p * scale;
-  const float big = above ? __builtin_inff() : y;
-  return below ? 0.0f : big;
-#endif
-}
-
-AFFSEG_HD double exp_pair(double x) {
-#if defined(__CUDA_ARCH__)
-  return exp(x);
-#else
-  constexpr double lo = -708.0, hi = 709.0;
-  // Both comparisons unconditionally, then plain selects: a comparison evaluated under a branch
-  // could trap (-ftrapping-math), which keeps GCC from if-converting and vectorising the loop.
-  const bool below = x < lo;
-  const bool above = x > hi;
-  double xc = below ? lo : x;
-  xc = above ? hi : xc;
-  // 1.5·2^52 rounds to an integer n; the +1023 bias leaves (n + 1023) in the low mantissa bits.
-  constexpr double magic = 6755399441055744.0 + 1023.0;
-  const double t = xc * 1.4426950408889634 + magic;
-  const double n = t - magic;
-  double r = xc - n * 6.93147180369123816490e-01;
-  r = r - n * 1.90821492927058770002e-10;
-  // Taylor to degree 13: |r| ≤ ln2/2 leaves a remainder below 2e-16·e^r.
-  double p = 1.0 / 6227020800.0;
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  uint64_t bits;
-  std::memcpy(&bits, &t, sizeof bits);
-  bits <<= 52;
-  double scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  const double y = p * scale;
-  const double big = above ? __builtin_inf() : y;
-  return below ? 0.0 : big;
-#endif
 }
 
 // Largest |ŝ·w| the data allows: |ŝ| ≤ 2·inv_tau and |w| ≤ 1 + d_max with d_max from the rows' and

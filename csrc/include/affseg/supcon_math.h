@@ -13,43 +13,11 @@
 // Limits: rows must be unit vectors (|s| ≤ inv_tau), so exp never overflows after max-subtraction.
 // NaN in f reaches the max (NaN-propagating compare) and the sums, so it propagates to lse and grads.
 #pragma once
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-
 #include "affseg/macros.h"
+#include "affseg/simd_math.h"
 
 namespace affseg {
 namespace supcon {
-
-// exp for the CPU kernels' inner loops: float via Cody–Waite reduction to |r| ≤ ln2/2 and a degree-6
-// polynomial (relative error ≈ 2e-7, i.e. a few float ulp), branch-free so gcc vectorises the loops
-// that call it; exactly 0 below −87 (incl. −inf), NaN stays NaN. double uses std::exp (the float64
-// tolerance, 1e-10, is beyond a short polynomial). On the GPU both use the device exp.
-AFFSEG_HD float fast_exp(float x) {
-#if defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer in the low mantissa bits
-  const float n = (xc * 1.44269504088896341f + shifter) - shifter;
-  const float r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  const float y = p * scale;
-  return x < -87.0f ? 0.0f : y;
-#endif
-}
-
-AFFSEG_HD double fast_exp(double x) { return exp(x); }
 
 // −∞ usable in host and device code (std::numeric_limits is host-only under nvcc).
 template <typename T>
@@ -57,22 +25,16 @@ AFFSEG_HD T neg_inf() {
   return -static_cast<T>(INFINITY);
 }
 
-// max that lets NaN win, so a NaN logit propagates into the row statistics.
-template <typename T>
-AFFSEG_HD T nan_max(T a, T b) {
-  return (b > a || b != b) ? b : a;
-}
-
 // Merge a tile (its max `tile_max`, Σ exp(x − new_max) computed by the caller) into the running (m, s):
 // returns the rescale factor of the old sum for the new max.
 template <typename T>
 AFFSEG_HD T rescale(T old_max, T new_max) {
-  return old_max == neg_inf<T>() ? T(0) : fast_exp(old_max - new_max);
+  return old_max == neg_inf<T>() ? T(0) : simd::exp(old_max - new_max);
 }
 
 template <typename T>
 AFFSEG_HD T lse_finish(T m, T s) {
-  return m == neg_inf<T>() ? m : m + log(s);
+  return m == neg_inf<T>() ? m : m + simd::log(s);
 }
 
 // The backward coefficient a_i of row i: g_i, or 0 where the row contributes nothing.
@@ -86,8 +48,8 @@ AFFSEG_HD T row_coefficient(T g, T lse) {
 // used is dropped by the select, never multiplied, so its possibly infinite exp cannot make a NaN.
 template <typename T>
 AFFSEG_HD T pair_weight(T x, T a_j, T lse_j, bool valid_k, T a_k, T lse_k, bool valid_j) {
-  const T forward = fast_exp(x - lse_j);
-  const T transposed = fast_exp(x - lse_k);
+  const T forward = simd::exp(x - lse_j);
+  const T transposed = simd::exp(x - lse_k);
   const bool use_forward = valid_k & (a_j != T(0));
   const bool use_transposed = valid_j & (a_k != T(0));
   return (use_forward ? a_j * forward : T(0)) + (use_transposed ? a_k * transposed : T(0));

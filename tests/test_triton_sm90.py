@@ -1,0 +1,92 @@
+"""Every Triton kernel of kernels/*.py, compiled for sm_90 on this CPU-only machine at every
+configuration its launcher can choose inside the module's LIMITS (tests/triton_sm90_cases.py).
+
+The launchers run on meta tensors with their kernels swapped for recorders
+(tests/triton_sm90_probe.py), so what compiles here is what they would launch. Asserted per family:
+the launcher takes every in-limit call without raising; every launch compiles; shared memory
+<= 227 KB; ptxas -v reports 0 bytes of spill stores and loads; grids fit the CUDA limits (axis 0
+< 2^31, axes 1-2 <= 65,535) even for dense 3-D label volumes and 100,000-image batches; no
+launcher hands a kernel a Python float (the GPU launcher would type it fp32).
+
+One subprocess compiles everything once (TRITON_INTERPRET must be unset there, while conftest.py
+sets it for this process); Triton's on-disk cache makes reruns faster.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+HERE = Path(__file__).resolve().parent
+FAMILIES = ["supcon", "pdcr", "entropy", "uafs", "labels"]
+SMEM_LIMIT = 232448
+
+
+@pytest.fixture(scope="module")
+def probe():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "triton_sm90_probe.py"), "--families", ",".join(FAMILIES),
+         "--jobs", str(min(4, os.cpu_count() or 1))],
+        capture_output=True, text=True, env=env, timeout=1500, cwd=HERE.parent,
+    )
+    assert proc.returncode == 0, f"probe failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout)
+
+
+def _fmt(c):
+    consts = ", ".join(f"{k}={v}" for k, v in c["constexprs"].items() if not k.startswith(("SWAPPED", "FG_L1", "EXCLUDE")))
+    ptrs = next((v for k, v in c["signature"].items() if v.startswith("*f") or v.startswith("*bf")), "?")
+    return f"{c['kernel']}[{ptrs}; {consts}; {c['options']}]"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_launcher_takes_every_in_limit_call(probe, family):
+    errors = [f"{e['case']}: {e['error']}" for e in probe["launches"] if e["family"] == family and e["error"]]
+    assert not errors, "launcher raised for calls inside LIMITS:\n" + "\n".join(errors)
+    assert any(e["kernels"] for e in probe["launches"] if e["family"] == family), "no launch recorded"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compiles_for_sm90_within_shared_memory_and_without_spills(probe, family):
+    compiled = [c for c in probe["compiled"] if c["family"] == family]
+    assert compiled
+    bad = []
+    for c in compiled:
+        if "error" in c:
+            bad.append(f"{_fmt(c)}: {c['error'][:300]}")
+        elif c["shared"] > SMEM_LIMIT or c["spill_stores"] or c["spill_loads"] or c["registers"] is None:
+            bad.append(f"{_fmt(c)}: shared {c['shared']} B, {c['registers']} registers, "
+                       f"spills {c['spill_stores']}/{c['spill_loads']} B")
+    assert not bad, f"{len(bad)} of {len(compiled)} configurations fail:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grids_fit_and_scalars_are_tensors(probe, family):
+    limits = probe["grid_limits"]
+    bad = []
+    for e in probe["launches"]:
+        if e["family"] != family:
+            continue
+        for k in e["kernels"]:
+            if any(g > lim for g, lim in zip(k["grid"], limits)) or any(g < 1 for g in k["grid"]):
+                bad.append(f"{e['case']}: {k['kernel']} grid {k['grid']}")
+            if k["python_floats"]:
+                bad.append(f"{e['case']}: {k['kernel']} gets Python floats {k['python_floats']}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_jit_kernel_is_covered(probe):
+    """A kernel no case reaches would go unchecked: each *_kernel of each module must compile here."""
+    import re
+
+    seen = {(c["family"], c["kernel"]) for c in probe["compiled"]}
+    want = set()
+    for family in FAMILIES:
+        src = (HERE.parent / "kernels" / f"{family}.py").read_text()
+        want |= {(family, name) for name in re.findall(r"@triton\.jit\s+def (\w+_kernel)\(", src)}
+    assert want and want <= seen, f"never compiled: {sorted(want - seen)}"

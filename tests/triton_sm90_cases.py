@@ -1,0 +1,125 @@
+"""Launcher calls, on meta tensors, that reach every configuration a launcher of kernels/*.py can
+choose inside its LIMITS: each dtype, the sizes where its block choices change up to the declared
+limit, each input precision, and grid extremes (huge N, huge batch). Used by triton_sm90_probe.py.
+
+Each CASES[family](module, torch) yields (label, thunk); the thunk calls the launchers.
+"""
+from __future__ import annotations
+
+
+def _sizes(limit, small):
+    """Powers of two from small up to limit, plus limit and one odd size in between."""
+    out, v = [], small
+    while v < limit:
+        out.append(v)
+        v *= 2
+    return sorted(set(out + [limit, max(small, limit * 3 // 5 + 1)]))
+
+
+def _few(limit, small):
+    """small, a middle power of two, limit and one odd size: for launchers whose choices change only
+    at the ends (their block sizes follow the padded size smoothly)."""
+    mid = max(small, min(limit, 8 * small))
+    return sorted({small, mid, limit, max(small, limit * 3 // 5 + 1)})
+
+
+def _name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def supcon(mod, torch):
+    meta = dict(device="meta")
+    for dtype in mod.LIMITS["dtypes"]:
+        precisions = mod.INPUT_PRECISIONS if dtype == torch.float32 else ("ieee",)
+        for C in _sizes(mod.LIMITS["channels"], 16):
+            for N in (32, 4096):
+                for prec in precisions:
+                    def call(dtype=dtype, C=C, N=N, prec=prec):
+                        f = torch.empty(2, N, C, dtype=dtype, **meta)
+                        valid = torch.empty(2, N, dtype=torch.bool, **meta)
+                        lse = mod.cos_lse_fwd(f, valid, 10.0, input_precision=prec)
+                        mod.cos_lse_bwd(torch.empty_like(lse), f, valid, lse, 10.0, input_precision=prec)
+                    yield f"{_name(dtype)}-C{C}-N{N}-{prec}", call
+    # grid extreme: many images of few rows
+    yield "float32-C64-B100000", lambda: mod.cos_lse_fwd(
+        torch.empty(100000, 8, 64, **meta), torch.empty(100000, 8, dtype=torch.bool, **meta), 10.0)
+
+
+def pdcr(mod, torch):
+    meta = dict(device="meta")
+    lim = mod.LIMITS
+
+    def call(dtype, C, W, K, prec, swapped=False, fg_l1=False, exclude_self=True, B=2, N=256, M=256):
+        fa = torch.empty(B, N, C, dtype=dtype, **meta)
+        fb = torch.empty(B, M, C, dtype=dtype, **meta)
+        pa = torch.empty(B, W, N, K, dtype=dtype, **meta)
+        pb = torch.empty(B, W, M, K, dtype=dtype, **meta)
+        va = torch.empty(B, N, dtype=torch.bool, **meta)
+        vb = torch.empty(B, M, dtype=torch.bool, **meta)
+        opts = dict(inv_tau=10.0, swapped=swapped, fg_l1=fg_l1, exclude_self=exclude_self, input_precision=prec)
+        loss, lse = mod.pdcr_fwd(fa, pa, fb, pb, va, vb, **opts)
+        mod.pdcr_bwd(torch.empty_like(loss), fa, pa, fb, pb, va, vb, lse, **opts)
+
+    for dtype in lim["dtypes"]:
+        precisions = mod.INPUT_PRECISIONS if dtype == torch.float32 else ("ieee",)
+        for C in _few(lim["channels"], 16):
+            for prec in precisions:
+                yield f"{_name(dtype)}-C{C}-W3-K4-{prec}", lambda d=dtype, C=C, p=prec: call(d, C, 3, 4, p)
+        # W and K are unrolled: the largest ones at the largest C are the register worst case
+        for prec in precisions:
+            yield (f"{_name(dtype)}-C{lim['channels']}-W{lim['windows']}-K{lim['classes']}-{prec}",
+                   lambda d=dtype, p=prec: call(d, lim["channels"], lim["windows"], lim["classes"], p,
+                                                swapped=True, fg_l1=True, exclude_self=False))
+    yield "float32-C64-B100000", lambda: call(torch.float32, 64, 1, 2, "ieee", B=100000, N=8, M=8)
+
+
+def entropy(mod, torch):
+    meta = dict(device="meta")
+    for dtype in mod.LIMITS["dtypes"]:
+        for K in _few(mod.LIMITS["classes"], 2):
+            for shannon, masked in ((True, False), (False, True)):
+                    def call(dtype=dtype, K=K, shannon=shannon, masked=masked):
+                        x = torch.empty(2, K, 64, 64, dtype=dtype, **meta)
+                        mask = torch.empty(2, 64, 64, dtype=torch.int64, **meta) if masked else None
+                        mod.patch_entropy(x, (16, 16), shannon, mask)
+                    yield f"{_name(dtype)}-K{K}-{'shannon' if shannon else 'binary'}-{'mask' if masked else 'nomask'}", call
+    yield "float32-K2-B100000", lambda: mod.patch_entropy(
+        torch.empty(100000, 2, 8, 8, **meta), (4, 4), True, None)
+    yield "float32-K2-3d-512cubed-patch1", lambda: mod.patch_entropy(
+        torch.empty(1, 2, 512, 512, 512, **meta), (1, 1, 1), False, None)
+
+
+def uafs(mod, torch):
+    meta = dict(device="meta")
+    for dtype in mod.LIMITS["dtypes"]:
+        for M in _few(mod.LIMITS["att_channels"], 2):
+            def call(dtype=dtype, M=M):
+                x = torch.empty(2, 96, 32, 32, dtype=dtype, **meta)
+                att = torch.empty(2, M, 32, 32, dtype=dtype, **meta)
+                y = mod.uafs_fwd(x, att)
+                mod.uafs_bwd(torch.empty_like(y), x, att)
+            yield f"{_name(dtype)}-M{M}", call
+    yield "float32-M4-B100000", lambda: mod.uafs_fwd(
+        torch.empty(100000, 8, 4, 4, **meta), torch.empty(100000, 4, 4, 4, **meta))
+
+
+def labels(mod, torch):
+    meta = dict(device="meta")
+    windows = list(range(3, 3 + 2 * mod.LIMITS["windows"], 2))
+    for K in _few(mod.LIMITS["classes"], 2):
+        for spatial, ignore in (((64, 64), None), ((16, 32, 32), 255)):
+                def call(K=K, spatial=spatial, ignore=ignore):
+                    lab = torch.empty(2, *spatial, dtype=torch.int64, **meta)
+                    centers = torch.empty(2, 100, len(spatial), dtype=torch.int64, **meta)
+                    mod.patch_label_ratios(lab, centers, windows[:3], K, ignore)
+                yield f"K{K}-{len(spatial)}d-{'ignore' if ignore is not None else 'all'}", call
+    # dense 3D far beyond 204^3 centres, many windows, and a tall first dim (scan slabs)
+    yield "K4-3d-256cubed-dense", lambda: mod.patch_label_ratios(
+        torch.empty(1, 256, 256, 256, dtype=torch.int64, **meta),
+        torch.empty(1, 256**3, 3, dtype=torch.int64, **meta), windows, 4, None)
+    yield "K32-3d-B4-600x64x64", lambda: mod.patch_label_ratios(
+        torch.empty(4, 600, 64, 64, dtype=torch.int64, **meta),
+        torch.empty(4, 10, 3, dtype=torch.int64, **meta), windows[:2], 32, None)
+
+
+CASES = {"supcon": supcon, "pdcr": pdcr, "entropy": entropy, "uafs": uafs, "labels": labels}
