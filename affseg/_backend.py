@@ -82,28 +82,40 @@ NO_LIMITS = Limits()
 
 # The C++ kernels' limits, as their sources state them (csrc/cuda/pdcr_kernels.h kPdcrMaxWindows and
 # kPdcrMaxBatch, supcon_kernels.h kCosLseMaxBatch, entropy_kernels.h kEntropyMaxClasses and the
-# grid check in entropy.cu). The C++ CPU kernels take any C, W, K and B.
+# grid check in entropy.cu, agcl_kernels.h). The C++ CPU kernels take any C, W, K and B.
 _C_LIMITS = {
     ("cuda", "pdcr_loss_from_ratios"): Limits(windows=8, batch=65535),
     ("cuda", "soft_supcon_loss"): Limits(batch=65535),
     ("cuda", "patch_entropy"): Limits(classes=2048, batch=65535),
+    # csrc/cuda/agcl_kernels.h: the affinity tile holds D <= 64; the top-H sort area 2 x 1024 entries.
+    ("cuda", "affinity_graph_loss"): Limits(classes=64),
+    ("cuda", "mixed_negative_infonce"): Limits(channels=1024, hard=1024),
 }
 
 # Public ops with a Triton launcher, and its module's declared LIMITS; filled by affseg._ops.*.
 _TRITON_LIMITS: dict[str, Limits] = {}
+_TRITON_GPU_LIMITS: dict[str, Limits] = {}
 _TRITON_ERROR: list[str] = []
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 
 
-def register_triton(op: str, kernels: ModuleType) -> None:
-    """Declare that `op` has a Triton launcher in `kernels`, taking what its ``LIMITS`` dict says."""
-    declared = dict(getattr(kernels, "LIMITS", {}))
+def _limits_of(kernels: ModuleType, name: str) -> Limits:
+    declared = dict(getattr(kernels, name))
     unknown = set(declared) - _LIMIT_KEYS
     if unknown:
-        raise ValueError(f"{kernels.__name__}.LIMITS has unknown keys {sorted(unknown)}")
+        raise ValueError(f"{kernels.__name__}.{name} has unknown keys {sorted(unknown)}")
     if "dtypes" in declared:
         declared["dtypes"] = tuple(declared["dtypes"])
-    _TRITON_LIMITS[op] = Limits(**declared)
+    return Limits(**declared)
+
+
+def register_triton(op: str, kernels: ModuleType) -> None:
+    """Declare that `op` has a Triton launcher in `kernels`, taking what its ``LIMITS`` dict says
+    (and on CUDA tensors what its ``GPU_LIMITS`` says, where a compiled kernel takes less than the
+    interpreter)."""
+    limits_ = _limits_of(kernels, "LIMITS") if hasattr(kernels, "LIMITS") else NO_LIMITS
+    _TRITON_LIMITS[op] = limits_
+    _TRITON_GPU_LIMITS[op] = _limits_of(kernels, "GPU_LIMITS") if hasattr(kernels, "GPU_LIMITS") else limits_
 
 
 def triton_import_error(message: str) -> None:
@@ -128,10 +140,10 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def limits(op: str, backend: str) -> Limits:
-    """What `backend` takes for `op` (the reference takes everything)."""
+def limits(op: str, backend: str, device_type: str = "cuda") -> Limits:
+    """What `backend` takes for `op` on tensors of `device_type` (the reference takes everything)."""
     if backend == "triton":
-        return _TRITON_LIMITS.get(op, NO_LIMITS)
+        return (_TRITON_GPU_LIMITS if device_type == "cuda" else _TRITON_LIMITS).get(op, NO_LIMITS)
     return _C_LIMITS.get((backend, op), NO_LIMITS)
 
 
@@ -170,7 +182,7 @@ def _violation(op: str, backend: str, device: torch.device, dtype, sizes) -> str
     if backend == "triton" and device.type != "cuda" and dtype == torch.bfloat16:
         # The interpreter runs tl.dot on raw bf16 bits and truncates casts (BUILDING.md).
         return "the Triton interpreter computes bfloat16 wrongly"
-    return limits(op, backend).violation(dtype, **sizes)
+    return limits(op, backend, device.type).violation(dtype, **sizes)
 
 
 def resolve(op: str, backend: str | None, device: torch.device, *, caller: str | None = None,

@@ -44,7 +44,7 @@ def backend_table() -> dict[str, dict[str, str]]:
                     why += "; set TRITON_INTERPRET=1 to run the Triton kernels on CPU tensors (slow, for tests)"
             else:
                 ok, why = _backend.available(op, backend, device)
-            row[op] = f"yes ({_backend.limits(op, backend).describe()})" if ok else why
+            row[op] = f"yes ({_backend.limits(op, backend, device.type).describe()})" if ok else why
         table[backend] = row
     return table
 
@@ -76,6 +76,9 @@ def report() -> str:
     for backend in ("cpu", "cuda", "triton"):
         for op in OPS:
             lines.append(f"{backend:<10} {op:<24} {_backend.limits(op, backend).describe()}")
+    lines.append("(Triton on CPU tensors, in the interpreter: " + "; ".join(
+        f"{op} {_backend.limits(op, 'triton', 'cpu').describe()}" for op in OPS
+        if _backend.limits(op, "triton", "cpu") != _backend.limits(op, "triton")) + ")")
     return "\n".join(lines)
 
 

@@ -31,10 +31,14 @@ B·((N + M)·(C + W·K) + N)·e + B·(N + M), and writes B·N·(1 + W)·e; backw
 g and row_lse, B·N·(1 + W)·e, and writes B·(N + M)·C·e.
 
 Limits (LIMITS): fa/fb/phia/phib contiguous and of one dtype: float32 (accumulates in float32) or
-float64 (accumulates in float64); INPUT_PRECISIONS "ieee" or "tf32" for float32. The whole feature row stays in registers: C ≤ 256
-(BLOCK_C = next_pow2(C), at least 16; at C = 512 the sm_90 compile needs ~200 KB of shared memory
-and spills, so larger C goes to the next backend until the kernel chunks C like kernels/supcon.py). W and K are unrolled at compile time: W ≤ 16, K ≤ 32 (one
-compilation per (W, K, options)). Offsets within one image are int32: N·C, M·C < 2^31.
+float64 (accumulates in float64); INPUT_PRECISIONS "ieee" or "tf32" for float32. The whole feature
+row stays in registers: C ≤ 128 (BLOCK_C = next_pow2(C), at least 16; at C = 256 the float64
+kernels spill ~200 B at W = 4, K = 8 and at C = 512 need ~200 KB of shared memory, so larger C
+goes to the next backend until the kernel chunks C like kernels/supcon.py).
+W and K are unrolled at compile time: W ≤ 4, K ≤ 8 (one compilation per (W, K, options)). Larger
+unrolls do not fit: at W = 8, K = 16, C = 256 the sm_90 forward took 120 s to compile and spilled
+220 B, and W = 16, K = 32 took over 15 minutes on this project's 2-core machine; such calls go to the
+next backend until the kernel loops over K instead of unrolling it. Offsets within one image are int32: N·C, M·C < 2^31.
 INPUT_PRECISION is "ieee" unless asked otherwise ("tf32" is faster on a GPU, with ~1e-3 relative
 error in ŝ); float64 always uses "ieee". float64 dots are tl.dots too
 (DMMA); the masks travel as the feature dtype so that Triton can lower them (see _mask).
@@ -49,7 +53,10 @@ import triton.language as tl
 
 from ._launch import check_grid, device_of, on_gpu, scalar
 
-LIMITS = {"channels": 256, "windows": 16, "classes": 32, "dtypes": (torch.float32, torch.float64)}
+LIMITS = {"channels": 128, "windows": 4, "classes": 8, "dtypes": (torch.float32, torch.float64)}
+# On a GPU float64 goes to the CUDA C++ kernel: every sm_90 fp64 tile here spills (68-208 B at
+# 16x16 tiles, 4 or 8 warps); float64 stays available in the interpreter for the parity tests.
+GPU_LIMITS = {**LIMITS, "dtypes": (torch.float32,)}
 INPUT_PRECISIONS = ("ieee", "tf32")
 
 
@@ -252,13 +259,13 @@ def _pdcr_bwd_cols_kernel(
 
 def _launch_config(C, dtype, input_precision="ieee", gpu=True, block=None):
     """(BLOCK, BLOCK_C, num_warps). On a GPU: the largest tile with no register spills for every
-    kernel (ptxas -v at sm_90 over C ≤ 256, W ≤ 16, K ≤ 32: tests/test_triton_sm90.py). The interpreter takes 64: its cost is per
+    kernel (ptxas -v at sm_90 over C ≤ 128, W ≤ 4, K ≤ 8: tests/test_triton_sm90.py). The interpreter takes 64: its cost is per
     tile step, not per element."""
     block_c = max(16, triton.next_power_of_2(C))
     if not gpu:
         return block or 64, block_c, 4
-    if dtype == torch.float64:
-        config = (32, 8) if block_c <= 128 else (16, 8)
+    if dtype == torch.float64:  # 32-row fp64 tiles, and 8 warps on 16 rows, spill (ptxas -v, sm_90)
+        config = (16, 4)
     elif input_precision == "ieee":  # 32-row tiles spill from C = 64 on (ptxas -v, sm_90)
         config = (32, 4) if block_c <= 32 else (16, 4)
     else:  # tf32's mma layouts spill at 32 rows even for C = 16
@@ -278,7 +285,7 @@ def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self,
     B, N, C = fa.shape
     M = fb.shape[1]
     W, K = pa.shape[1], pa.shape[3]
-    lim = LIMITS
+    lim = GPU_LIMITS if on_gpu(fa) else LIMITS
     if C > lim["channels"] or W > lim["windows"] or K > lim["classes"] or fa.dtype not in lim["dtypes"]:
         raise ValueError(
             f"the Triton PDCR kernel supports C <= {lim['channels']}, W <= {lim['windows']}, K <= {lim['classes']} "

@@ -55,8 +55,11 @@ def test_the_cuda_kernels_declare_their_limits():
 def test_triton_declares_limits_from_its_kernel_module():
     from affseg.kernels import pdcr as kernels
 
-    declared = _backend.limits("pdcr_loss_from_ratios", "triton")
+    declared = _backend.limits("pdcr_loss_from_ratios", "triton", "cpu")
     assert declared.channels == kernels.LIMITS["channels"]
+    assert torch.float64 in declared.dtypes  # the interpreter runs the float64 parity tests
+    # compiled for a GPU, float64 spills, so it is declared away and goes to CUDA C++ there
+    assert _backend.limits("pdcr_loss_from_ratios", "triton", "cuda").dtypes == (torch.float32,)
     feats, phi = _pdcr_inputs(C=declared.channels + 1)
     with pytest.raises(ValueError, match=rf"backend 'triton' cannot take this call: it takes C <= {declared.channels}"):
         affseg.pdcr_loss_from_ratios(feats, phi, backend="triton")

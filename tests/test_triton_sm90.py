@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("triton")
 
 HERE = Path(__file__).resolve().parent
-FAMILIES = ["supcon", "pdcr", "entropy", "uafs", "labels"]
+FAMILIES = ["supcon", "pdcr", "entropy", "uafs", "labels", "agcl"]
 SMEM_LIMIT = 232448
 
 

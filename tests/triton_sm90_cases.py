@@ -47,7 +47,7 @@ def supcon(mod, torch):
 
 def pdcr(mod, torch):
     meta = dict(device="meta")
-    lim = mod.LIMITS
+    lim = mod.GPU_LIMITS  # what a compiled launch takes (float64 goes to CUDA C++ on a GPU)
 
     def call(dtype, C, W, K, prec, swapped=False, fg_l1=False, exclude_self=True, B=2, N=256, M=256):
         fa = torch.empty(B, N, C, dtype=dtype, **meta)
@@ -122,4 +122,33 @@ def labels(mod, torch):
         torch.empty(4, 10, 3, dtype=torch.int64, **meta), windows[:2], 32, None)
 
 
-CASES = {"supcon": supcon, "pdcr": pdcr, "entropy": entropy, "uafs": uafs, "labels": labels}
+def agcl(mod, torch):
+    meta = dict(device="meta")
+    lim = mod.LIMITS
+    for dtype in lim["dtypes"]:
+        for D in _few(lim["classes"], 2):
+            def affinity(dtype=dtype, D=D):
+                t = torch.empty(300, D, dtype=dtype, **meta)
+                s = torch.empty(257, D, dtype=dtype, **meta)
+                a = mod.affinity_matrix(t, s, 2.0, False)
+                mod.affinity_matrix_bwd(torch.empty_like(a), t, s, 2.0, True)
+            yield f"{_name(dtype)}-affinity-D{D}", affinity
+        # The hard-negative tiles follow H (every power of two up to the limit, at the largest C) and
+        # the queue backward's follow C (at a middle H); the mixed kernels' only the dtype.
+        shapes = [(lim["channels"], h) for h in _sizes(lim["hard"], 2)] + [(c, 64) for c in _few(lim["channels"], 16)]
+        for C, n_hard in sorted(set(shapes)):
+            def queue(dtype=dtype, C=C, n_hard=n_hard):
+                q = torch.empty(8, C, dtype=dtype, **meta)
+                neg = torch.empty(4096, C, dtype=dtype, **meta)
+                q_cls = torch.empty(8, dtype=torch.int64, **meta)
+                neg_cls = torch.empty(4096, dtype=torch.int64, **meta)
+                lse, idx, count = mod.hard_negatives(q, neg, q_cls, neg_cls, 10.0, n_hard, True)
+                mod.queue_lse_bwd(torch.empty_like(lse), q, neg, q_cls, neg_cls, lse, 10.0, True)
+                pairs = torch.empty(8, 64, 2, dtype=torch.int64, **meta)
+                alpha = torch.empty(4096, dtype=dtype, **meta)
+                logits = mod.mixed_logits(q, neg, alpha, idx, count, pairs, 10.0)
+                mod.mixed_logits_bwd(torch.empty_like(logits), q, neg, alpha, idx, count, pairs, 10.0)
+            yield f"{_name(dtype)}-queue-C{C}-H{n_hard}", queue
+
+
+CASES = {"supcon": supcon, "pdcr": pdcr, "entropy": entropy, "uafs": uafs, "labels": labels, "agcl": agcl}

@@ -8,15 +8,18 @@
 //   N×M×D temporary. Bwd: grad_s_jd = c Σ_i gA_ij A_ij g(t_id − s_jd), A recomputed, never read: a
 //   thread owns a block of kColBlock columns and sweeps all rows in a fixed order (deterministic, no
 //   atomics). Reads N·M + (N + M)·D, writes M·D; ~6·N·M·D flops + N·M exps.
-// hard_negatives: one streaming pass over the queue per block of kRows queries: the queue is
-//   transposed once to (C, Qpad); a register-blocked kRows × 2-vector dot micro-kernel fills a
+// hard_negatives: one streaming pass over the queue per group of up to kMaxGroup·kRows queries (each
+//   chunk serves the whole group while cached, so the queue is read ⌈B / (group size)⌉ times): the queue is
+//   packed once into (C, 64-byte) panels; a register-blocked kRows × 2-vector dot micro-kernel fills a
 //   (kRows, kChunk) tile; per row, an `omp simd` online log-sum-exp over the tile's valid logits, then
 //   a scalar filter against the current H-th best pushes candidates into a buffer of 2H, cut back to
 //   the H best by nth_element when it fills, sorted at the end (agcl::ranks_before: descending dot,
-//   ties lower index first, NaN dots first). The B×Q matrix is never built. Reads B·C + Q·C·⌈B/kRows⌉
+//   ties lower index first, NaN dots first). The B×Q matrix is never built. Reads B·C + Q·C·⌈B/(group·kRows)⌉
 //   (cache permitting), writes B·(H + 2); 2·B·Q·C flops + B·Q exps.
-// queue_lse_bwd: the same sweep recomputing the dots; grad_q_b = g_b·inv_tau Σ_valid e^{x − lse} n.
-//   4·B·Q·C flops + B·Q exps.
+// queue_lse_bwd: the same sweep recomputing the dots; grad_q_b = g_b·inv_tau Σ_valid e^{x − lse} n,
+//   accumulated over the chunk's row-major entries, kRows queries per load (fixed order: deterministic).
+//   4·B·Q·C flops + B·Q exps. (0·NaN: a NaN queue row reaches every query's gradient, as in the
+//   reference's (B, Q) @ (Q, C) product.)
 // mixed_logits(_bwd): OpenMP over (query, pair) / queries: five C-long dots per pair (q·n_i, q·n_j,
 //   n_i·n_j, ‖n_i‖², ‖n_j‖²), no mixed vector; bwd accumulates ci n_i + cj n_j per query in pair
 //   order (deterministic). Reads B·P·2·C, ~10·B·P·C flops.
@@ -36,6 +39,10 @@
 #include <tuple>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "affseg/checks.h"
 #include "affseg/cpu_isa.h"
 #include "affseg/glue_checks.h"
@@ -52,9 +59,10 @@ namespace {
 
 constexpr int64_t kAffTile = 512;    // columns per affinity forward task
 constexpr int64_t kColBlock = 64;    // columns owned by one affinity backward task
-constexpr int kRows = 4;             // queries per hard-negative task and per dot micro-kernel
+constexpr int kRows = 4;             // queries per dot micro-kernel (a micro-block)
+constexpr int kMaxGroup = 8;         // micro-blocks sharing one sweep over the queue
 constexpr int64_t kChunk = 256;      // queue entries per dot tile: kRows · kChunk dots stay in L1
-constexpr int64_t kPadBytes = 64;    // the transposed queue's rows are padded to two AVX2 vectors
+constexpr int64_t kPadBytes = 64;    // queue panel width (one cache line of entries, two AVX2 vectors)
 
 #define AFFSEG_ALWAYS_INLINE __attribute__((always_inline)) inline
 
@@ -156,7 +164,8 @@ AFFSEG_ALWAYS_INLINE void affinity_bwd_block(const AffArgs<T>& a, const T* grad_
 template <typename T>
 struct QueueArgs {
   const T* q;      // (B, C)
-  const T* negt;   // (C, Qpad): the queue transposed, zero-padded
+  const T* negp;   // (Qpad / PW, C, PW): the queue in zero-padded panels of PW = 64 bytes of entries
+  const T* neg;    // (Q, C) row-major
   const int64_t* q_cls;
   const int64_t* neg_cls;
   int64_t B, Q, C, qpad, H;
@@ -175,18 +184,22 @@ struct CandOrder {
   bool operator()(const Cand<T>& x, const Cand<T>& y) const { return agcl::ranks_before(x.dot, x.idx, y.dot, y.idx); }
 };
 
-// dots[r][j] = q_{row r} · n_{j0 + j} for j < width (a multiple of two vectors).
+// dots[r][j] = q_{row r} · n_{j0 + j} for j < width (a multiple of two vectors). The panel layout
+// makes every load of the channel loop the next 2 vectors of one contiguous (C, PW) panel (a strided
+// (C, Q) transpose would touch a new page per channel at large Q).
 template <typename T, int VB>
-AFFSEG_ALWAYS_INLINE void dot_chunk(const T* const rows[kRows], const T* negt, int64_t qpad, int64_t C, int64_t j0,
-                                    int64_t width, T (*dots)[kChunk]) {
+AFFSEG_ALWAYS_INLINE void dot_chunk(const T* const rows[kRows], const T* negp, int64_t C, int64_t j0, int64_t width,
+                                    T (*dots)[kChunk]) {
   using V = typename Vec<T, VB>::type;
   constexpr int64_t L = VB / sizeof(T);
+  constexpr int64_t PW = kPadBytes / sizeof(T);
+  static_assert(PW % (2 * L) == 0 && kChunk % PW == 0, "panels hold whole vector pairs; chunks whole panels");
   for (int64_t j = 0; j < width; j += 2 * L) {
     V acc[kRows][2] = {};
-    const T* col = negt + j0 + j;
+    const T* col = negp + (j0 + j) / PW * C * PW + (j0 + j) % PW;
     for (int64_t c = 0; c < C; ++c) {
-      const V b0 = load_vec<V>(col + c * qpad);
-      const V b1 = load_vec<V>(col + c * qpad + L);
+      const V b0 = load_vec<V>(col + c * PW);
+      const V b1 = load_vec<V>(col + c * PW + L);
       for (int r = 0; r < kRows; ++r) {
         const T x = rows[r][c];
         acc[r][0] += x * b0;
@@ -256,102 +269,137 @@ AFFSEG_ALWAYS_INLINE void hard_chunk(const QueueArgs<T>& a, int64_t qcls, int64_
   }
 }
 
+// A micro-block of kRows queries (rows past B repeat the last one; their results are dropped).
+template <typename T>
+struct QueryBlock {
+  const T* rows[kRows];
+  int64_t cls[kRows];
+  int nr;
+};
+
+template <typename T>
+AFFSEG_ALWAYS_INLINE QueryBlock<T> query_block(const QueueArgs<T>& a, int64_t i0) {
+  QueryBlock<T> qb;
+  qb.nr = static_cast<int>(std::min<int64_t>(kRows, a.B - i0));
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t b = std::min(i0 + r, a.B - 1);
+    qb.rows[r] = a.q + b * a.C;
+    qb.cls[r] = a.q_cls[b];
+  }
+  return qb;
+}
+
+// Queries of micro-blocks blk0 .. blk0 + nblk − 1 (nblk ≤ kMaxGroup): one sweep over the queue in which
+// every chunk serves all the group's micro-blocks while it is in cache (the queue is read once per
+// group, not once per micro-block).
 template <typename T, int VB>
-AFFSEG_ALWAYS_INLINE void hard_block(const QueueArgs<T>& a, int64_t i0, HardRow<T>* rows_state, T* lse,
+AFFSEG_ALWAYS_INLINE void hard_group(const QueueArgs<T>& a, int64_t blk0, int nblk, HardRow<T>* state, T* lse,
                                      int64_t* hard_idx, int64_t* hard_count) {
   alignas(64) T dots[kRows][kChunk];
   alignas(64) T logit[kChunk];
-  const T* rows[kRows];
-  int64_t cls[kRows];
-  const int nr = static_cast<int>(std::min<int64_t>(kRows, a.B - i0));
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t b = std::min(i0 + r, a.B - 1);
-    rows[r] = a.q + b * a.C;
-    cls[r] = a.q_cls[b];
-    HardRow<T>& st = rows_state[r];
-    st.m = agcl::neg_inf<T>();
-    st.s = T(0);
-    st.nan = false;
-    st.n_valid = 0;
-    st.thr = Cand<T>{T(0), -1};
-    st.buf.clear();
+  QueryBlock<T> blocks[kMaxGroup];
+  for (int g = 0; g < nblk; ++g) {
+    blocks[g] = query_block(a, (blk0 + g) * kRows);
+    for (int r = 0; r < kRows; ++r) {
+      HardRow<T>& st = state[g * kRows + r];
+      st.m = agcl::neg_inf<T>();
+      st.s = T(0);
+      st.nan = false;
+      st.n_valid = 0;
+      st.thr = Cand<T>{T(0), -1};
+      st.buf.clear();
+    }
   }
   for (int64_t j0 = 0; j0 < a.Q; j0 += kChunk) {
     const int64_t width = std::min(kChunk, a.qpad - j0);
     const int64_t live = std::min(kChunk, a.Q - j0);
-    dot_chunk<T, VB>(rows, a.negt, a.qpad, a.C, j0, width, dots);
-    for (int r = 0; r < nr; ++r) hard_chunk(a, cls[r], j0, live, dots[r], logit, rows_state[r]);
+    for (int g = 0; g < nblk; ++g) {
+      dot_chunk<T, VB>(blocks[g].rows, a.negp, a.C, j0, width, dots);
+      for (int r = 0; r < blocks[g].nr; ++r) {
+        hard_chunk(a, blocks[g].cls[r], j0, live, dots[r], logit, state[g * kRows + r]);
+      }
+    }
   }
-  for (int r = 0; r < nr; ++r) {
-    HardRow<T>& st = rows_state[r];
-    const int64_t b = i0 + r;
-    lse[b] = st.nan ? std::numeric_limits<T>::quiet_NaN() : supcon::lse_finish(st.m, st.s);
-    std::sort(st.buf.begin(), st.buf.end(), CandOrder<T>());
-    const int64_t count = std::min<int64_t>(a.H, st.n_valid);
-    int64_t* out = hard_idx + b * a.H;
-    for (int64_t p = 0; p < a.H; ++p) out[p] = p < count ? st.buf[p].idx : -1;
-    hard_count[b] = count;
+  for (int g = 0; g < nblk; ++g) {
+    for (int r = 0; r < blocks[g].nr; ++r) {
+      HardRow<T>& st = state[g * kRows + r];
+      const int64_t b = (blk0 + g) * kRows + r;
+      lse[b] = st.nan ? std::numeric_limits<T>::quiet_NaN() : supcon::lse_finish(st.m, st.s);
+      std::sort(st.buf.begin(), st.buf.end(), CandOrder<T>());
+      const int64_t count = std::min<int64_t>(a.H, st.n_valid);
+      int64_t* out = hard_idx + b * a.H;
+      for (int64_t p = 0; p < a.H; ++p) out[p] = p < count ? st.buf[p].idx : -1;
+      hard_count[b] = count;
+    }
   }
 }
 
-// grad_q for queries i0 .. i0 + kRows − 1: coef_b Σ_valid exp(x − lse_b) n.
+// grad_q for the group's queries: coef_b Σ_valid exp(x − lse_b) n. acc: (nblk · kRows, C) scratch.
 template <typename T, int VB>
-AFFSEG_ALWAYS_INLINE void queue_bwd_block(const QueueArgs<T>& a, int64_t i0, const T* grad, const T* lse, T* acc,
-                                          T* grad_q) {
-  static_assert(kRows == 4, "the channel reduction below is written for four rows");
+AFFSEG_ALWAYS_INLINE void queue_bwd_group(const QueueArgs<T>& a, int64_t blk0, int nblk, const T* grad, const T* lse,
+                                          T* acc, T* grad_q) {
   alignas(64) T w[kRows][kChunk];
-  const T* rows[kRows];
-  int64_t cls[kRows];
-  T l_row[kRows];
-  const int nr = static_cast<int>(std::min<int64_t>(kRows, a.B - i0));
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t b = std::min(i0 + r, a.B - 1);
-    rows[r] = a.q + b * a.C;
-    cls[r] = a.q_cls[b];
-    l_row[r] = lse[b];
-  }
-  std::fill(acc, acc + kRows * a.C, T(0));
+  QueryBlock<T> blocks[kMaxGroup];
+  for (int g = 0; g < nblk; ++g) blocks[g] = query_block(a, (blk0 + g) * kRows);
+  std::fill(acc, acc + nblk * kRows * a.C, T(0));
   const T neg_inf = agcl::neg_inf<T>();
+  const bool use_classes = a.use_classes;
   for (int64_t j0 = 0; j0 < a.Q; j0 += kChunk) {
     const int64_t width = std::min(kChunk, a.qpad - j0);
     const int64_t live = std::min(kChunk, a.Q - j0);
-    dot_chunk<T, VB>(rows, a.negt, a.qpad, a.C, j0, width, w);
     const int64_t* nc = a.neg_cls + j0;
-    for (int r = 0; r < kRows; ++r) {
-      T* x = w[r];
-      const T l = l_row[r];
-      const int64_t qc = cls[r];
-      const bool use_classes = a.use_classes;
+    for (int g = 0; g < nblk; ++g) {
+      const QueryBlock<T>& qb = blocks[g];
+      dot_chunk<T, VB>(qb.rows, a.negp, a.C, j0, width, w);
+      for (int r = 0; r < kRows; ++r) {
+        T* x = w[r];
+        const T l = lse[std::min((blk0 + g) * kRows + r, a.B - 1)];
+        const int64_t qc = qb.cls[r];
 #pragma omp simd
+        for (int64_t j = 0; j < live; ++j) {
+          const bool ok = (!use_classes || nc[j] != qc) & (l != neg_inf);
+          const T e = agcl::queue_weight(x[j] * a.inv_tau, l);
+          x[j] = ok ? e : T(0);
+        }
+      }
+      // acc[r][:] += Σ_j w[r][j] n_{j0+j}: one pass over the chunk's contiguous rows, four queries per load.
+      T* acc0 = acc + g * kRows * a.C;
+      T* acc1 = acc0 + a.C;
+      T* acc2 = acc0 + 2 * a.C;
+      T* acc3 = acc0 + 3 * a.C;
       for (int64_t j = 0; j < live; ++j) {
-        const bool ok = (!use_classes || nc[j] != qc) & (l != neg_inf);
-        const T e = agcl::queue_weight(x[j] * a.inv_tau, l);
-        x[j] = ok ? e : T(0);
+        const T* v = a.neg + (j0 + j) * a.C;
+        const T w0 = w[0][j], w1 = w[1][j], w2 = w[2][j], w3 = w[3][j];
+#pragma omp simd
+        for (int64_t c = 0; c < a.C; ++c) {
+          acc0[c] += w0 * v[c];
+          acc1[c] += w1 * v[c];
+          acc2[c] += w2 * v[c];
+          acc3[c] += w3 * v[c];
+        }
       }
-      for (int64_t j = live; j < width; ++j) x[j] = T(0);
-    }
-    for (int64_t c = 0; c < a.C; ++c) {
-      const T* col = a.negt + c * a.qpad + j0;
-      T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-      for (int64_t j = 0; j < width; ++j) {
-        const T v = col[j];
-        s0 += w[0][j] * v;
-        s1 += w[1][j] * v;
-        s2 += w[2][j] * v;
-        s3 += w[3][j] * v;
-      }
-      acc[c] += s0;
-      acc[a.C + c] += s1;
-      acc[2 * a.C + c] += s2;
-      acc[3 * a.C + c] += s3;
     }
   }
-  for (int r = 0; r < nr; ++r) {
-    const int64_t b = i0 + r;
-    const T coef = grad[b] * a.inv_tau;
-    for (int64_t c = 0; c < a.C; ++c) grad_q[b * a.C + c] = l_row[r] == neg_inf ? T(0) : coef * acc[r * a.C + c];
+  for (int g = 0; g < nblk; ++g) {
+    for (int r = 0; r < blocks[g].nr; ++r) {
+      const int64_t b = (blk0 + g) * kRows + r;
+      const T* ab = acc + (g * kRows + r) * a.C;
+      const T coef = grad[b] * a.inv_tau;
+      const bool live_row = lse[b] != neg_inf;
+      for (int64_t c = 0; c < a.C; ++c) grad_q[b * a.C + c] = live_row ? coef * ab[c] : T(0);
+    }
   }
+}
+
+// Micro-blocks per group: enough groups for two per thread, at most kMaxGroup micro-blocks each.
+inline int group_size(int64_t blocks) {
+#ifdef _OPENMP
+  const int64_t threads = omp_get_max_threads();
+#else
+  const int64_t threads = 1;
+#endif
+  const int64_t g = blocks / (2 * threads);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxGroup, g)));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -423,21 +471,27 @@ AFFSEG_ALWAYS_INLINE void pair_dots(const T* qb, const T* ni, const T* nj, int64
     template <typename T>                                                                                       \
     static void hard(const QueueArgs<T>& a, T* lse, int64_t* hard_idx, int64_t* hard_count) {                   \
       const int64_t blocks = (a.B + kRows - 1) / kRows;                                                         \
+      const int group = group_size(blocks);                                                                     \
+      const int64_t groups = (blocks + group - 1) / group;                                                      \
       _Pragma("omp parallel") {                                                                                 \
-        HardRow<T> st[kRows];                                                                                   \
-        for (int r = 0; r < kRows; ++r) st[r].buf.reserve(static_cast<size_t>(2 * a.H));                        \
-        _Pragma("omp for schedule(dynamic, 1)") for (int64_t blk = 0; blk < blocks; ++blk) {                    \
-          hard_block<T, kVecBytes>(a, blk * kRows, st, lse, hard_idx, hard_count);                              \
+        std::vector<HardRow<T>> st(static_cast<size_t>(group * kRows));                                         \
+        for (HardRow<T>& row : st) row.buf.reserve(static_cast<size_t>(2 * a.H));                               \
+        _Pragma("omp for schedule(dynamic, 1)") for (int64_t grp = 0; grp < groups; ++grp) {                    \
+          const int n = static_cast<int>(std::min<int64_t>(group, blocks - grp * group));                       \
+          hard_group<T, kVecBytes>(a, grp * group, n, st.data(), lse, hard_idx, hard_count);                    \
         }                                                                                                       \
       }                                                                                                         \
     }                                                                                                           \
     template <typename T>                                                                                       \
     static void queue_bwd(const QueueArgs<T>& a, const T* grad, const T* lse, T* grad_q) {                      \
       const int64_t blocks = (a.B + kRows - 1) / kRows;                                                         \
+      const int group = group_size(blocks);                                                                     \
+      const int64_t groups = (blocks + group - 1) / group;                                                      \
       _Pragma("omp parallel") {                                                                                 \
-        std::vector<T> acc(static_cast<size_t>(kRows * a.C));                                                   \
-        _Pragma("omp for schedule(static)") for (int64_t blk = 0; blk < blocks; ++blk) {                        \
-          queue_bwd_block<T, kVecBytes>(a, blk * kRows, grad, lse, acc.data(), grad_q);                         \
+        std::vector<T> acc(static_cast<size_t>(group * kRows * a.C));                                           \
+        _Pragma("omp for schedule(dynamic, 1)") for (int64_t grp = 0; grp < groups; ++grp) {                    \
+          const int n = static_cast<int>(std::min<int64_t>(group, blocks - grp * group));                       \
+          queue_bwd_group<T, kVecBytes>(a, grp * group, n, grad, lse, acc.data(), grad_q);                      \
         }                                                                                                       \
       }                                                                                                         \
     }                                                                                                           \
@@ -519,20 +573,21 @@ at::Tensor affinity_matrix_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& 
   return grad_s;
 }
 
-// The queue transposed and zero-padded to (C, Qpad).
+// The queue zero-padded to Qpad entries in panels (Qpad / PW, C, PW), PW = kPadBytes / sizeof(T).
 template <typename T>
-at::Tensor transposed_queue(const at::Tensor& neg) {
-  const int64_t Q = neg.size(0), C = neg.size(1);
-  at::Tensor out = at::zeros({C, padded<T>(Q)}, neg.options());
-  out.narrow(1, 0, Q).copy_(neg.t());
-  return out;
+at::Tensor packed_queue(const at::Tensor& neg) {
+  const int64_t Q = neg.size(0), C = neg.size(1), qpad = padded<T>(Q), pw = kPadBytes / sizeof(T);
+  at::Tensor rows = at::zeros({qpad, C}, neg.options());
+  rows.narrow(0, 0, Q).copy_(neg);
+  return rows.view({qpad / pw, pw, C}).transpose(1, 2).contiguous();
 }
 
 template <typename T>
-QueueArgs<T> queue_args(const at::Tensor& q, const at::Tensor& negt, const at::Tensor& q_cls,
-                        const at::Tensor& neg_cls, int64_t Q, int64_t H, double inv_tau, bool use_classes) {
-  return QueueArgs<T>{q.data_ptr<T>(), negt.data_ptr<T>(), q_cls.data_ptr<int64_t>(), neg_cls.data_ptr<int64_t>(),
-                      q.size(0), Q, q.size(1), negt.size(1), H, static_cast<T>(inv_tau), use_classes};
+QueueArgs<T> queue_args(const at::Tensor& q, const at::Tensor& negp, const at::Tensor& neg, const at::Tensor& q_cls,
+                        const at::Tensor& neg_cls, int64_t H, double inv_tau, bool use_classes) {
+  return QueueArgs<T>{q.data_ptr<T>(), negp.data_ptr<T>(), neg.data_ptr<T>(), q_cls.data_ptr<int64_t>(),
+                      neg_cls.data_ptr<int64_t>(), q.size(0), neg.size(0), q.size(1), padded<T>(neg.size(0)), H,
+                      static_cast<T>(inv_tau), use_classes};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negatives_cpu(const at::Tensor& q_in, const at::Tensor& neg_in,
@@ -541,18 +596,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negatives_cpu(const at::Tens
                                                                   int64_t n_hard, bool use_classes) {
   check_hard_inputs(q_in, neg_in, q_cls_in, neg_cls_in, at::kCPU, "hard_negatives");
   TORCH_CHECK(n_hard >= 0, "hard_negatives: n_hard must be >= 0, got ", n_hard);
-  const at::Tensor q = q_in.contiguous();
+  const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous();
   const at::Tensor q_cls = q_cls_in.contiguous();
   const at::Tensor neg_cls = neg_cls_in.contiguous();
-  const int64_t B = q.size(0), Q = neg_in.size(0);
+  const int64_t B = q.size(0), Q = neg.size(0);
   const int64_t H = std::min(n_hard, Q);
   at::Tensor lse = at::full({B}, -std::numeric_limits<double>::infinity(), q.options());
   at::Tensor idx = at::full({B, H}, -1, q_cls.options());
   at::Tensor count = at::zeros({B}, q_cls.options());
   if (B == 0 || Q == 0) return {lse, idx, count};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "hard_negatives_cpu", [&] {
-    const at::Tensor negt = transposed_queue<scalar_t>(neg_in);
-    const QueueArgs<scalar_t> a = queue_args<scalar_t>(q, negt, q_cls, neg_cls, Q, H, inv_tau, use_classes);
+    const at::Tensor negp = packed_queue<scalar_t>(neg);
+    const QueueArgs<scalar_t> a = queue_args<scalar_t>(q, negp, neg, q_cls, neg_cls, H, inv_tau, use_classes);
     scalar_t* l = lse.data_ptr<scalar_t>();
     int64_t* hi = idx.data_ptr<int64_t>();
     int64_t* hc = count.data_ptr<int64_t>();
@@ -565,7 +620,7 @@ at::Tensor queue_lse_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& q_in, 
                              const at::Tensor& q_cls_in, const at::Tensor& neg_cls_in, const at::Tensor& lse_in,
                              double inv_tau, bool use_classes) {
   check_queue_lse_bwd_inputs(grad_in, q_in, neg_in, q_cls_in, neg_cls_in, lse_in, at::kCPU);
-  const at::Tensor q = q_in.contiguous();
+  const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous();
   const at::Tensor q_cls = q_cls_in.contiguous();
   const at::Tensor neg_cls = neg_cls_in.contiguous();
   const at::Tensor grad = grad_in.contiguous();
@@ -574,8 +629,8 @@ at::Tensor queue_lse_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& q_in, 
   const int64_t Q = neg_in.size(0);
   if (grad_q.numel() == 0 || Q == 0) return grad_q;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "queue_lse_bwd_cpu", [&] {
-    const at::Tensor negt = transposed_queue<scalar_t>(neg_in);
-    const QueueArgs<scalar_t> a = queue_args<scalar_t>(q, negt, q_cls, neg_cls, Q, 0, inv_tau, use_classes);
+    const at::Tensor negp = packed_queue<scalar_t>(neg);
+    const QueueArgs<scalar_t> a = queue_args<scalar_t>(q, negp, neg, q_cls, neg_cls, 0, inv_tau, use_classes);
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* l = lse.data_ptr<scalar_t>();
     scalar_t* o = grad_q.data_ptr<scalar_t>();
