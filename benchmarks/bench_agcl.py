@@ -164,8 +164,15 @@ def main(repeats: int = 3) -> int:
         "BasicUNet 2D training step", "(8, 1, 256, 256)", _unet_step(torch.randn(8, 1, 256, 256), labels), repeats,
         measure_memory=False)
     bench.write_csv(RESULTS / "agcl.csv", list(rows.values()))
+    import datetime
+    import subprocess
+
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=RESULTS.parent).stdout.strip() or "unknown"
     lines = [
         f"## Semi-AGCL (CPU, {torch.get_num_threads()} threads)",
+        "",
+        f"Measured {datetime.date.today().isoformat()} at commit {sha}, in a run of this script alone.",
         "",
         "Median of a few calls after a warm-up; peak extra memory = rise of the resident-set high-water mark during "
         "one call. Targets: the fused A build + backward <= 1/3 of the reference's time and <= 1/10 of its memory "
