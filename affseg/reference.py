@@ -695,22 +695,30 @@ def mixed_negative_infonce(q, k_pos, negatives, alpha, *, tau=0.1, n_hard=256, n
         >>> loss = mixed_negative_infonce(q, k, neg, torch.rand(32), n_hard=8, n_mix=4,
         ...                               generator=gen)
     """
+    if pairs is None:
+        pairs = draw_mix_pairs(q.shape[0], min(n_hard, negatives.shape[0]), n_mix, generator, q.device)
+    return infonce_with(hard_negatives, mixed_logits, q, k_pos, negatives, alpha, q_classes, neg_classes, pairs,
+                        tau=tau, n_hard=n_hard, mode=mode, reduction=reduction)
+
+
+def infonce_with(hard_negatives_op, mixed_logits_op, q, k_pos, negatives, alpha, q_classes, neg_classes, pairs, *,
+                 tau, n_hard, mode, reduction):
+    """:func:`mixed_negative_infonce` with its two steps supplied, so the fused path (the kernels)
+    and the reference (the functions above) share everything around them."""
     dtype = _acc_dtype(q, k_pos, negatives)
     # SPEC §9: a non-finite input gives NaN even where it does not reach a logit (an α or a
     # negative outside every query's drawn pairs, the queue in "mixed_only" mode).
     finite = torch.stack([torch.isfinite(t).all() for t in (q, k_pos, negatives, alpha)]).all()
-    q_hat = F.normalize(q.to(dtype), dim=-1, eps=_NORM_EPS)
+    q_hat = F.normalize(q.to(dtype), dim=-1, eps=_NORM_EPS).contiguous()
     k_hat = F.normalize(k_pos.detach().to(dtype), dim=-1, eps=_NORM_EPS)
-    neg_hat = F.normalize(negatives.detach().to(dtype), dim=-1, eps=_NORM_EPS)
-    alpha = alpha.detach().to(dtype)
+    neg_hat = F.normalize(negatives.detach().to(dtype), dim=-1, eps=_NORM_EPS).contiguous()
+    alpha = alpha.detach().to(dtype).contiguous()
     use_classes = q_classes is not None
-    q_cls = q_classes.long() if use_classes else q.new_zeros(q.shape[0], dtype=torch.long)
-    neg_cls = neg_classes.long() if use_classes else q.new_zeros(negatives.shape[0], dtype=torch.long)
+    q_cls = (q_classes if use_classes else q.new_zeros(q.shape[0], dtype=torch.long)).long().contiguous()
+    neg_cls = (neg_classes if use_classes else q.new_zeros(negatives.shape[0], dtype=torch.long)).long().contiguous()
     inv_tau = 1.0 / tau
-    queue_lse, hard_idx, hard_count = hard_negatives(q_hat, neg_hat, q_cls, neg_cls, inv_tau, n_hard, use_classes)
-    if pairs is None:
-        pairs = draw_mix_pairs(q.shape[0], hard_idx.shape[1], n_mix, generator, q.device)
-    mixed = mixed_logits(q_hat, neg_hat, alpha, hard_idx, hard_count, pairs, inv_tau)
+    queue_lse, hard_idx, hard_count = hard_negatives_op(q_hat, neg_hat, q_cls, neg_cls, inv_tau, n_hard, use_classes)
+    mixed = mixed_logits_op(q_hat, neg_hat, alpha, hard_idx, hard_count, pairs.contiguous(), inv_tau)
     per_query = infonce_from_logits((q_hat * k_hat).sum(-1) * inv_tau, queue_lse, mixed, mode)
     per_query = per_query * torch.where(finite, 1.0, float("nan")).to(dtype)
     # "mean" divides by a clamped count, so an empty batch gives 0 rather than NaN.

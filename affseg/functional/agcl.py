@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from affseg import _backend, _sampling, _validate, reference
-from affseg._reduce import reduce_rows
 
 
 def affinity_graph_loss(
@@ -145,18 +143,12 @@ def mixed_negative_infonce(
         )
     from affseg._ops import agcl as ops
 
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    finite = torch.stack([torch.isfinite(t).all() for t in (q, k_pos, negatives, alpha)]).all()
-    q_hat = F.normalize(q.to(dtype), dim=-1, eps=1e-8).contiguous()
-    k_hat = F.normalize(k_pos.detach().to(dtype), dim=-1, eps=1e-8)
-    neg_hat = F.normalize(negatives.detach().to(dtype), dim=-1, eps=1e-8).contiguous()
-    use_classes = q_classes is not None
-    q_cls = (q_classes if use_classes else q.new_zeros(q.shape[0], dtype=torch.long)).long().contiguous()
-    neg_cls = (neg_classes if use_classes else q.new_zeros(negatives.shape[0], dtype=torch.long)).long().contiguous()
-    queue_lse, hard_idx, hard_count = ops.hard_negatives(q_hat, neg_hat, q_cls, neg_cls, inv_tau=1.0 / tau,
-                                                         n_hard=n_hard, use_classes=use_classes, backend=backend)
-    mixed = ops.mixed_logits(q_hat, neg_hat, alpha.detach().to(dtype).contiguous(), hard_idx, hard_count,
-                             pairs.contiguous(), inv_tau=1.0 / tau, backend=backend)
-    per_query = reference.infonce_from_logits((q_hat * k_hat).sum(-1) / tau, queue_lse, mixed, mode)
-    per_query = per_query * torch.where(finite, 1.0, float("nan")).to(dtype)
-    return reduce_rows(per_query, None, reduction, dtype=q.dtype)
+    def hard(q_hat, neg_hat, q_cls, neg_cls, inv_tau, n_hard, use_classes):
+        return ops.hard_negatives(q_hat, neg_hat, q_cls, neg_cls, inv_tau=inv_tau, n_hard=n_hard,
+                                  use_classes=use_classes, backend=backend)
+
+    def mixed(q_hat, neg_hat, alpha, hard_idx, hard_count, pairs, inv_tau):
+        return ops.mixed_logits(q_hat, neg_hat, alpha, hard_idx, hard_count, pairs, inv_tau=inv_tau, backend=backend)
+
+    return reference.infonce_with(hard, mixed, q, k_pos, negatives, alpha, q_classes, neg_classes, pairs, tau=tau,
+                                  n_hard=n_hard, mode=mode, reduction=reduction)
