@@ -88,6 +88,13 @@ def finite(value, name: str) -> float:
     return float(value)
 
 
+def unit_interval(value, name: str) -> float:
+    value = finite(value, name)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return value
+
+
 def choice(value, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

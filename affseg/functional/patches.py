@@ -151,9 +151,7 @@ def sample_patches(logits, class_mask, patch_size, *, n_per_class=64, metric="en
     patch = _validate.int_tuple(patch_size, "patch_size", length=len(spatial))
     n_per_class = _validate.int_value(n_per_class, "n_per_class", minimum=1)
     _validate.choice(metric, "metric", METRICS)
-    min_fraction = _validate.finite(min_fraction, "min_fraction")
-    if not 0.0 <= min_fraction <= 1.0:
-        raise ValueError(f"min_fraction must lie in [0, 1], got {min_fraction}")
+    min_fraction = _validate.unit_interval(min_fraction, "min_fraction")
     if metric == "cosine":
         if features is None:
             raise ValueError('metric="cosine" ranks tiles by their features: pass features=(B, C, *s)')

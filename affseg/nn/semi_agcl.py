@@ -68,12 +68,8 @@ class SemiAGCL(torch.nn.Module):
         self.patch_size = patch_size
         self.n_per_class = _validate.int_value(n_per_class, "n_per_class", minimum=1)
         self.metric = _validate.choice(metric, "metric", METRICS)
-        self.min_fraction = _validate.finite(min_fraction, "min_fraction")
-        if not 0.0 <= self.min_fraction <= 1.0:
-            raise ValueError(f"min_fraction must lie in [0, 1], got {min_fraction}")
-        self.head_ema = _validate.finite(head_ema, "head_ema")
-        if not 0.0 <= head_ema <= 1.0:
-            raise ValueError(f"head_ema must lie in [0, 1], got {head_ema}")
+        self.min_fraction = _validate.unit_interval(min_fraction, "min_fraction")
+        self.head_ema = _validate.unit_interval(head_ema, "head_ema")
         self.backend = backend
         self.head = None
         self.teacher_head = None
