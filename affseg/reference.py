@@ -562,7 +562,7 @@ def finite_stand_ins(*tensors):
     """(all finite?, the tensors with non-finite entries zeroed): the SVD raises LinAlgError on NaN,
     and an Inf only zeroes entries of A (a finite loss), so the graph is built from stand-ins and
     the result multiplied by NaN instead, without a host sync."""
-    finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+    finite = torch.stack([all_finite(t) for t in tensors]).all()
     return finite, [torch.where(torch.isfinite(t), t, torch.zeros_like(t)) for t in tensors]
 
 
@@ -608,17 +608,35 @@ def affinity_graph_loss(y_t, y_s, *, sigma=0.5, gamma=0.1, distance="sqeuclidean
                                     return_diag=return_diag)
 
 
-def hard_negatives(q, neg, q_cls, neg_cls, inv_tau, n_hard, use_classes):
+def all_finite(t):
+    """A 0-d bool tensor: every element of ``t`` is finite. No t-sized temporary (``isfinite(t)``
+    builds a bool copy): the min and the max are finite iff every element is, NaN propagating."""
+    if t.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    lo, hi = torch.aminmax(t.detach())
+    return torch.isfinite(lo) & torch.isfinite(hi)
+
+
+def unit_row_scales(rows):
+    """1 / max(‖row‖, eps) per row: ``rows * scales[:, None]`` is ``F.normalize(rows)`` (up to one
+    rounding), so the Semi-AGCL kernels take the raw queue and these (Q,) scales instead of a
+    normalised (Q, C) copy."""
+    return 1.0 / torch.linalg.vector_norm(rows, dim=-1).clamp_min(_NORM_EPS)
+
+
+def hard_negatives(q, neg, neg_scale, q_cls, neg_cls, inv_tau, n_hard, use_classes):
     """Per query: the log-sum-exp of its queue logits and its hardest negatives (SPEC §7).
 
-    The valid negatives of query b are all queue entries, or with ``use_classes`` those whose
-    class differs from b's. Builds the (B, Q) similarity matrix, which the fused kernels avoid.
+    The queue's unit rows are ``neg_scale[:, None] * neg`` (see :func:`unit_row_scales`). The valid
+    negatives of query b are all queue entries, or with ``use_classes`` those whose class differs
+    from b's. Builds the (B, Q) similarity matrix, which the fused kernels avoid.
 
     Returns:
         ``(queue_lse (B,), hard_idx (B, H), hard_count (B,))``, H = min(n_hard, Q): the
         log-sum-exp of (q·n)·inv_tau over valid n (−inf when none), the indices of the H valid n
         with the largest q·n, descending (−1 after hard_count_b = min(H, #valid)).
     """
+    neg = neg * neg_scale[:, None]
     sim = q @ neg.T
     valid = torch.ones_like(sim, dtype=torch.bool)
     if use_classes:
@@ -633,8 +651,9 @@ def hard_negatives(q, neg, q_cls, neg_cls, inv_tau, n_hard, use_classes):
     return queue_lse, idx, count
 
 
-def mixed_logits(q, neg, alpha, hard_idx, hard_count, pairs, inv_tau):
-    """Logits (q·h)·inv_tau of the mixed negatives h = normalise(α_i n_i + (1 − α_i) n_j), where
+def mixed_logits(q, neg, neg_scale, alpha, hard_idx, hard_count, pairs, inv_tau):
+    """Logits (q·h)·inv_tau of the mixed negatives h = normalise(α_i n̂_i + (1 − α_i) n̂_j) (n̂ the unit
+    rows ``neg_scale[:, None] * neg``), where
     (i, j) are the hard negatives at positions ``pairs`` of each query's list; −inf for pairs
     beyond the query's hard_count (SPEC §7). Builds every h, which the fused kernels avoid."""
     ok = (pairs < hard_count[:, None, None]).all(-1) & (pairs[..., 0] != pairs[..., 1])
@@ -643,6 +662,7 @@ def mixed_logits(q, neg, alpha, hard_idx, hard_count, pairs, inv_tau):
     second = hard_idx.gather(1, safe[..., 1]).clamp(min=0)
     if neg.shape[0] == 0:
         return q.new_full(pairs.shape[:2], -math.inf)
+    neg = neg * neg_scale[:, None]
     mix = alpha[first].unsqueeze(-1)
     mixed = F.normalize(mix * neg[first] + (1 - mix) * neg[second], dim=-1, eps=_NORM_EPS)  # (B, P, C)
     logits = torch.einsum("bc,bpc->bp", q, mixed) * inv_tau
@@ -708,17 +728,20 @@ def infonce_with(hard_negatives_op, mixed_logits_op, q, k_pos, negatives, alpha,
     dtype = _acc_dtype(q, k_pos, negatives)
     # SPEC §9: a non-finite input gives NaN even where it does not reach a logit (an α or a
     # negative outside every query's drawn pairs, the queue in "mixed_only" mode).
-    finite = torch.stack([torch.isfinite(t).all() for t in (q, k_pos, negatives, alpha)]).all()
+    finite = torch.stack([all_finite(t) for t in (q, k_pos, negatives, alpha)]).all()
     q_hat = F.normalize(q.to(dtype), dim=-1, eps=_NORM_EPS).contiguous()
     k_hat = F.normalize(k_pos.detach().to(dtype), dim=-1, eps=_NORM_EPS)
-    neg_hat = F.normalize(negatives.detach().to(dtype), dim=-1, eps=_NORM_EPS).contiguous()
+    # The queue stays raw (no normalised (Q, C) copy: it is the largest tensor of the loss).
+    neg = negatives.detach().to(dtype).contiguous()
+    neg_scale = unit_row_scales(neg)
     alpha = alpha.detach().to(dtype).contiguous()
     use_classes = q_classes is not None
     q_cls = (q_classes if use_classes else q.new_zeros(q.shape[0], dtype=torch.long)).long().contiguous()
     neg_cls = (neg_classes if use_classes else q.new_zeros(negatives.shape[0], dtype=torch.long)).long().contiguous()
     inv_tau = 1.0 / tau
-    queue_lse, hard_idx, hard_count = hard_negatives_op(q_hat, neg_hat, q_cls, neg_cls, inv_tau, n_hard, use_classes)
-    mixed = mixed_logits_op(q_hat, neg_hat, alpha, hard_idx, hard_count, pairs.contiguous(), inv_tau)
+    queue_lse, hard_idx, hard_count = hard_negatives_op(q_hat, neg, neg_scale, q_cls, neg_cls, inv_tau, n_hard,
+                                                        use_classes)
+    mixed = mixed_logits_op(q_hat, neg, neg_scale, alpha, hard_idx, hard_count, pairs.contiguous(), inv_tau)
     per_query = infonce_from_logits((q_hat * k_hat).sum(-1) * inv_tau, queue_lse, mixed, mode)
     per_query = per_query * torch.where(finite, 1.0, float("nan")).to(dtype)
     # "mean" divides by a clamped count, so an empty batch gives 0 rather than NaN.

@@ -88,21 +88,22 @@ TORCH_LIBRARY(affseg, m) {
   // the backward returns grad_y_s (M, D), recomputing A.
   m.def("affinity_matrix(Tensor y_t, Tensor y_s, float inv_two_sigma2, bool l1) -> Tensor");
   m.def("affinity_matrix_bwd(Tensor grad_a, Tensor y_t, Tensor y_s, float inv_two_sigma2, bool l1) -> Tensor");
-  // q (B, C), neg (Q, C) unit rows; q_cls (B,), neg_cls (Q,) int64 (read with use_classes). One
-  // streaming pass per query: queue_lse (B,), the top H = min(n_hard, Q) valid negatives by q.n
-  // hard_idx (B, H) (-1 past hard_count), hard_count (B,).
+  // q (B, C) unit rows; neg (Q, C) the raw queue and neg_scale (Q,) 1 / max(|n|, eps), so the kernels
+  // work on the unit rows neg_scale * neg without a normalised (Q, C) copy; q_cls (B,), neg_cls (Q,)
+  // int64 (read with use_classes). One streaming pass per query: queue_lse (B,), the top
+  // H = min(n_hard, Q) valid negatives by q.n hard_idx (B, H) (-1 past hard_count), hard_count (B,).
   m.def(
-      "hard_negatives(Tensor q, Tensor neg, Tensor q_cls, Tensor neg_cls, float inv_tau, int n_hard, "
-      "bool use_classes) -> (Tensor queue_lse, Tensor hard_idx, Tensor hard_count)");
+      "hard_negatives(Tensor q, Tensor neg, Tensor neg_scale, Tensor q_cls, Tensor neg_cls, float inv_tau, "
+      "int n_hard, bool use_classes) -> (Tensor queue_lse, Tensor hard_idx, Tensor hard_count)");
   m.def(
-      "queue_lse_bwd(Tensor grad_lse, Tensor q, Tensor neg, Tensor q_cls, Tensor neg_cls, Tensor queue_lse, "
-      "float inv_tau, bool use_classes) -> Tensor");
+      "queue_lse_bwd(Tensor grad_lse, Tensor q, Tensor neg, Tensor neg_scale, Tensor q_cls, Tensor neg_cls, "
+      "Tensor queue_lse, float inv_tau, bool use_classes) -> Tensor");
   // alpha (Q,), pairs (B, P, 2) int64 positions into each query's hard list -> logits (B, P), -inf
   // for invalid pairs; the backward returns grad_q (B, C).
   m.def(
-      "mixed_logits(Tensor q, Tensor neg, Tensor alpha, Tensor hard_idx, Tensor hard_count, Tensor pairs, "
-      "float inv_tau) -> Tensor");
+      "mixed_logits(Tensor q, Tensor neg, Tensor neg_scale, Tensor alpha, Tensor hard_idx, Tensor hard_count, "
+      "Tensor pairs, float inv_tau) -> Tensor");
   m.def(
-      "mixed_logits_bwd(Tensor grad_logits, Tensor q, Tensor neg, Tensor alpha, Tensor hard_idx, "
-      "Tensor hard_count, Tensor pairs, float inv_tau) -> Tensor");
+      "mixed_logits_bwd(Tensor grad_logits, Tensor q, Tensor neg, Tensor neg_scale, Tensor alpha, "
+      "Tensor hard_idx, Tensor hard_count, Tensor pairs, float inv_tau) -> Tensor");
 }

@@ -14,7 +14,8 @@ Math (x_acc: float32 accumulation for fp16/bf16/fp32 inputs, float64 for float64
    tile, accumulating a [BLOCK_M, D_PAD] register block (column d of it updated by a select):
    deterministic, no atomics.
 
-2. Hard negatives (Semi-AGCL Eqs. 4/6, MoCHi). Query q_b (B, C), queue n (Q, C), s_bn = q_b·n_n;
+2. Hard negatives (Semi-AGCL Eqs. 4/6, MoCHi). Query q_b (B, C), raw queue n (Q, C) and its unit-row
+   scales neg_scale (Q,), n̂ = neg_scale·n (so no normalised copy of the queue is ever made), s_bn = q_b·n̂_n;
    valid_bn = True, or neg_cls[n] ≠ q_cls[b] when use_classes.
        queue_lse_b = LSE_{valid n} s_bn·inv_tau    (−inf when no n is valid; NaN if a valid s is NaN)
        hard_idx[b] = the H = min(n_hard, Q) valid n of largest s_bn, by s descending then index
@@ -28,14 +29,14 @@ Math (x_acc: float32 accumulation for fp16/bf16/fp32 inputs, float64 for float64
    otherwise its top H_PAD (bitonic top-k on pairs) is merged with the buffer by a bitonic top-k
    of the 2·H_PAD union. The B×Q matrix is never stored.
    Backward (`_queue_lse_bwd_kernel`, one program per query, streaming, dots recomputed):
-       grad_q_b = grad_lse_b · inv_tau · Σ_{valid n} exp(s_bn·inv_tau − lse_b) · n_n
+       grad_q_b = grad_lse_b · inv_tau · Σ_{valid n} exp(s_bn·inv_tau − lse_b) · n̂_n
    (no contribution when lse_b = −inf; invalid rows are never loaded, so NaN there drops out).
 
 3. Mixed negatives (Semi-AGCL Eq. 6). For pair p = (a, c) of query b: i = hard_idx[b, a],
    j = hard_idx[b, c]; valid iff 0 ≤ a, c < hard_count_b and a ≠ c; α = alpha[i];
-       m = α n_i + (1 − α) n_j,   logit_bp = (q_b·m) / max(‖m‖, 1e-8) · inv_tau   (−inf if invalid)
+       m = α n̂_i + (1 − α) n̂_j = (α s_i) n_i + ((1 − α) s_j) n_j,   logit_bp = (q_b·m) / max(‖m‖, 1e-8) · inv_tau   (−inf if invalid)
    m lives only in registers, one [BLOCK_P, BLOCK_C] channel chunk at a time; ‖m‖² is summed from
-   those chunks, which equals α²‖n_i‖² + (1−α)²‖n_j‖² + 2α(1−α) n_i·n_j from the data without its
+   those chunks, which equals α²‖n̂_i‖² + (1−α)²‖n̂_j‖² + 2α(1−α) n̂_i·n̂_j from the data without its
    rounding cancellation. Backward: grad_q_b = Σ_{valid p} grad_bp · inv_tau · m_bp / max(‖m_bp‖, 1e-8):
    `_mixed_kernel` with WRITE_NORM writes max(‖m‖, 1e-8) (B, P) (a B·P temporary), then
    `_mixed_bwd_kernel`, one program per (query, channel chunk), sums its chunk of grad_q over
@@ -46,9 +47,9 @@ by every tile, of the queue by every query and of gathered rows come from L2 and
   affinity fwd:  (N + M)·D·e read, N·M·e written.        FLOPs 3·N·M·D + N·M (exp).
   affinity bwd:  N·M·e + (N + M)·D·e read, M·D·e written. FLOPs ≈ 8·N·M·D (A recomputed, then g·W
                  per d) + 2·N·M·D for the column select.
-  hard_negatives: (B + Q)·C·e + 8·(B + Q) read, B·e + 8·B·(H + 1) written. FLOPs 2·B·Q·C (dots)
+  hard_negatives: (B + Q)·C·e + Q·e + 8·(B + Q) read, B·e + 8·B·(H + 1) written. FLOPs 2·B·Q·C (dots)
                  + B·Q·4 (LSE) + per merged chunk O(H_PAD·log²(2·H_PAD)) compare-swaps.
-  queue_lse_bwd: (B + Q)·C·e + 8·(B + Q) + 2·B·e read, B·C·e written. FLOPs 4·B·Q·C.
+  queue_lse_bwd: (B + Q)·C·e + Q·e + 8·(B + Q) + 2·B·e read, B·C·e written. FLOPs 4·B·Q·C.
   mixed_logits:  B·C·e + 16·B·P + 2·B·P·(C + 1)·e (gathered rows) + 8·B·(H + 1) read, B·P·e written.
                  FLOPs 8·B·P·C.
   mixed_logits_bwd: the same plus B·P·e (grad) read and B·C·e written; FLOPs ≈ 14·B·P·C (norm pass
@@ -244,7 +245,7 @@ def _affinity_bwd_kernel(ga_ptr, t_ptr, s_ptr, kappa_ptr, out_ptr, N, M, D,
 # 2. hard negatives + queue LSE
 # --------------------------------------------------------------------------------------------------
 @triton.jit
-def _hard_neg_kernel(q_ptr, neg_ptr, qcls_ptr, ncls_ptr, inv_tau_ptr, lse_ptr, idx_ptr, cnt_ptr,
+def _hard_neg_kernel(q_ptr, neg_ptr, scale_ptr, qcls_ptr, ncls_ptr, inv_tau_ptr, lse_ptr, idx_ptr, cnt_ptr,
                      Q, C, H, USE_CLASSES,
                      F64: tl.constexpr, LOG_HP: tl.constexpr, LOG_BQ: tl.constexpr, BLOCK_C: tl.constexpr):
     HP: tl.constexpr = 2**LOG_HP
@@ -278,6 +279,8 @@ def _hard_neg_kernel(q_ptr, neg_ptr, qcls_ptr, ncls_ptr, inv_tau_ptr, lse_ptr, i
             qv = _up(tl.load(q_ptr + b * C + cs, mask=cm, other=0.0), F64)
             nv = _up(tl.load(neg_ptr + n_off + cs[None, :], mask=inb[:, None] & cm[None, :], other=0.0), F64)
             dot += tl.sum(nv * qv[None, :], axis=1)
+        # q·n̂ with the unit row n̂ = s·n: the queue is never copied normalised.
+        dot = dot * _up(tl.load(scale_ptr + offs, mask=inb, other=0.0), F64)
         valid = inb
         if USE_CLASSES != 0:
             valid = valid & (tl.load(ncls_ptr + offs, mask=inb, other=0) != qc)
@@ -308,7 +311,7 @@ def _hard_neg_kernel(q_ptr, neg_ptr, qcls_ptr, ncls_ptr, inv_tau_ptr, lse_ptr, i
 
 
 @triton.jit
-def _queue_lse_bwd_kernel(g_ptr, q_ptr, neg_ptr, qcls_ptr, ncls_ptr, lse_ptr, inv_tau_ptr, out_ptr,
+def _queue_lse_bwd_kernel(g_ptr, q_ptr, neg_ptr, scale_ptr, qcls_ptr, ncls_ptr, lse_ptr, inv_tau_ptr, out_ptr,
                           Q, C, USE_CLASSES,
                           F64: tl.constexpr, BLOCK_Q: tl.constexpr, C_PAD: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -331,8 +334,9 @@ def _queue_lse_bwd_kernel(g_ptr, q_ptr, neg_ptr, qcls_ptr, ncls_ptr, lse_ptr, in
             valid = valid & (tl.load(ncls_ptr + offs, mask=offs < Q, other=0) != qc)
         nv = _up(tl.load(neg_ptr + offs[:, None].to(tl.int64) * C + cs[None, :],
                          mask=valid[:, None] & cm[None, :], other=0.0), F64)
-        s = tl.sum(nv * qv[None, :], axis=1) * inv_tau
-        p = tl.where(valid, tl.exp(s - lse), 0.0)
+        sc = _up(tl.load(scale_ptr + offs, mask=valid, other=0.0), F64)
+        s = tl.sum(nv * qv[None, :], axis=1) * sc * inv_tau
+        p = tl.where(valid, tl.exp(s - lse) * sc, 0.0)  # the raw row is accumulated: its weight carries s
         acc += tl.sum(p[:, None] * nv, axis=0)
     out = acc * (g * inv_tau)
     tl.store(out_ptr + b * C + cs, out.to(out_ptr.dtype.element_ty), mask=cm)
@@ -342,8 +346,9 @@ def _queue_lse_bwd_kernel(g_ptr, q_ptr, neg_ptr, qcls_ptr, ncls_ptr, lse_ptr, in
 # 3. mixed negatives
 # --------------------------------------------------------------------------------------------------
 @triton.jit
-def _mixed_pairs(pairs_ptr, hidx_ptr, cnt_ptr, alpha_ptr, b, pos, P, H, Q, F64: tl.constexpr):
-    """(valid, i, j, α) of the pairs at positions pos of query b; i, j, α are 0 where invalid."""
+def _mixed_pairs(pairs_ptr, hidx_ptr, cnt_ptr, alpha_ptr, scale_ptr, b, pos, P, H, Q, F64: tl.constexpr):
+    """(valid, i, j, w_i, w_j) of the pairs at positions pos of query b, m = w_i n_i + w_j n_j on the raw
+    rows (w_i = α s_i, w_j = (1 − α) s_j, s the unit-row scales); i, j, w are 0 where invalid."""
     pm = pos < P
     p_off = (b * P + pos.to(tl.int64)) * 2
     a = tl.load(pairs_ptr + p_off, mask=pm, other=-1)
@@ -356,17 +361,19 @@ def _mixed_pairs(pairs_ptr, hidx_ptr, cnt_ptr, alpha_ptr, b, pos, P, H, Q, F64: 
     i = tl.where(valid, i, 0)
     j = tl.where(valid, j, 0)
     al = _up(tl.load(alpha_ptr + i, mask=valid, other=0.0), F64)
-    return valid, i, j, al
+    s_i = _up(tl.load(scale_ptr + i, mask=valid, other=0.0), F64)
+    s_j = _up(tl.load(scale_ptr + j, mask=valid, other=0.0), F64)
+    return valid, i, j, al * s_i, (1.0 - al) * s_j
 
 
 @triton.jit
-def _mixed_kernel(q_ptr, neg_ptr, alpha_ptr, hidx_ptr, cnt_ptr, pairs_ptr, inv_tau_ptr, out_ptr,
+def _mixed_kernel(q_ptr, neg_ptr, scale_ptr, alpha_ptr, hidx_ptr, cnt_ptr, pairs_ptr, inv_tau_ptr, out_ptr,
                   P, H, Q, C, P_TILES,
                   WRITE_NORM: tl.constexpr, F64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     b = (pid // P_TILES).to(tl.int64)
     pos = (pid % P_TILES) * BLOCK_P + tl.arange(0, BLOCK_P)
-    valid, i, j, al = _mixed_pairs(pairs_ptr, hidx_ptr, cnt_ptr, alpha_ptr, b, pos, P, H, Q, F64)
+    valid, i, j, w_i, w_j = _mixed_pairs(pairs_ptr, hidx_ptr, cnt_ptr, alpha_ptr, scale_ptr, b, pos, P, H, Q, F64)
     i_off = i[:, None].to(tl.int64) * C
     j_off = j[:, None].to(tl.int64) * C
     if F64:
@@ -381,7 +388,7 @@ def _mixed_kernel(q_ptr, neg_ptr, alpha_ptr, hidx_ptr, cnt_ptr, pairs_ptr, inv_t
         mask = valid[:, None] & cm[None, :]
         ni = _up(tl.load(neg_ptr + i_off + cs[None, :], mask=mask, other=0.0), F64)
         nj = _up(tl.load(neg_ptr + j_off + cs[None, :], mask=mask, other=0.0), F64)
-        mv = al[:, None] * ni + (1.0 - al)[:, None] * nj
+        mv = w_i[:, None] * ni + w_j[:, None] * nj
         msq += tl.sum(mv * mv, axis=1)
         if not WRITE_NORM:
             qv = _up(tl.load(q_ptr + b * C + cs, mask=cm, other=0.0), F64)
@@ -397,7 +404,7 @@ def _mixed_kernel(q_ptr, neg_ptr, alpha_ptr, hidx_ptr, cnt_ptr, pairs_ptr, inv_t
 
 
 @triton.jit
-def _mixed_bwd_kernel(g_ptr, den_ptr, neg_ptr, alpha_ptr, hidx_ptr, cnt_ptr, pairs_ptr, inv_tau_ptr, out_ptr,
+def _mixed_bwd_kernel(g_ptr, den_ptr, neg_ptr, scale_ptr, alpha_ptr, hidx_ptr, cnt_ptr, pairs_ptr, inv_tau_ptr, out_ptr,
                       P, H, Q, C, C_TILES,
                       F64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
@@ -411,14 +418,15 @@ def _mixed_bwd_kernel(g_ptr, den_ptr, neg_ptr, alpha_ptr, hidx_ptr, cnt_ptr, pai
         acc = tl.zeros([BLOCK_C], tl.float32)
     for p0 in range(0, P, BLOCK_P):
         pos = p0 + tl.arange(0, BLOCK_P)
-        valid, i, j, al = _mixed_pairs(pairs_ptr, hidx_ptr, cnt_ptr, alpha_ptr, b, pos, P, H, Q, F64)
+        valid, i, j, w_i, w_j = _mixed_pairs(pairs_ptr, hidx_ptr, cnt_ptr, alpha_ptr, scale_ptr, b, pos, P, H, Q,
+                                             F64)
         g = _up(tl.load(g_ptr + b * P + pos, mask=valid, other=0.0), F64)
         den = _up(tl.load(den_ptr + b * P + pos, mask=valid, other=1.0), F64)
         w = tl.where(valid, g * inv_tau / den, 0.0)
         mask = valid[:, None] & cm[None, :]
         ni = _up(tl.load(neg_ptr + i[:, None].to(tl.int64) * C + cs[None, :], mask=mask, other=0.0), F64)
         nj = _up(tl.load(neg_ptr + j[:, None].to(tl.int64) * C + cs[None, :], mask=mask, other=0.0), F64)
-        mv = al[:, None] * ni + (1.0 - al)[:, None] * nj
+        mv = w_i[:, None] * ni + w_j[:, None] * nj
         acc += tl.sum(w[:, None] * mv, axis=0)
     tl.store(out_ptr + b * C + cs, acc.to(out_ptr.dtype.element_ty), mask=cm)
 
@@ -531,8 +539,10 @@ def affinity_matrix_bwd(grad_A: torch.Tensor, y_t: torch.Tensor, y_s: torch.Tens
     return out
 
 
-def _check_queue(op: str, q: torch.Tensor, neg: torch.Tensor):
-    dtype = _check_dtype(op, q, neg)
+def _check_queue(op: str, q: torch.Tensor, neg: torch.Tensor, neg_scale: torch.Tensor):
+    dtype = _check_dtype(op, q, neg, neg_scale)
+    if neg_scale.shape != neg.shape[:1]:
+        raise ValueError(f"{op}: neg_scale must be (Q,) = ({neg.shape[0]},), got {tuple(neg_scale.shape)}")
     C = q.shape[1]
     if C > LIMITS["channels"]:
         raise ValueError(f"{op}: the Triton kernel takes C <= {LIMITS['channels']} channels, got C={C}")
@@ -541,12 +551,12 @@ def _check_queue(op: str, q: torch.Tensor, neg: torch.Tensor):
     return dtype
 
 
-def hard_negatives(q: torch.Tensor, neg: torch.Tensor, q_cls: torch.Tensor, neg_cls: torch.Tensor, inv_tau: float,
-                   n_hard: int, use_classes: bool):
+def hard_negatives(q: torch.Tensor, neg: torch.Tensor, neg_scale: torch.Tensor, q_cls: torch.Tensor,
+                   neg_cls: torch.Tensor, inv_tau: float, n_hard: int, use_classes: bool):
     """(queue_lse (B,), hard_idx (B, H) int64, hard_count (B,) int64), H = min(n_hard, Q), streaming over
-    the queue: LSE of inv_tau·q·n over the valid negatives and the indices of the H valid negatives of
-    largest q·n (descending, ties by lower index, −1 padding)."""
-    dtype = _check_queue("hard_negatives", q, neg)
+    the queue: LSE of inv_tau·q·n̂ over the valid negatives and the indices of the H valid negatives of
+    largest q·n̂ (descending, ties by lower index, −1 padding); n̂ = neg_scale·neg, the unit rows."""
+    dtype = _check_queue("hard_negatives", q, neg, neg_scale)
     if n_hard > LIMITS["hard"]:
         raise ValueError(f"hard_negatives: the Triton kernel takes n_hard <= {LIMITS['hard']}, got {n_hard}")
     if n_hard < 0:
@@ -568,15 +578,16 @@ def hard_negatives(q: torch.Tensor, neg: torch.Tensor, q_cls: torch.Tensor, neg_
     cfg = _hard_config(on_gpu(q), H, dtype)
     with device_of(q):
         _hard_neg_kernel[(check_grid("hard_negatives", B),)](
-            q, neg, qc, nc, scalar(inv_tau, q, _acc(dtype)), lse, idx, cnt, Q, C, H, int(bool(use_classes)),
+            q, neg, neg_scale.contiguous(), qc, nc, scalar(inv_tau, q, _acc(dtype)), lse, idx, cnt, Q, C, H, int(bool(use_classes)),
             F64=dtype == torch.float64, **cfg)
     return lse, idx, cnt
 
 
-def queue_lse_bwd(grad_lse: torch.Tensor, q: torch.Tensor, neg: torch.Tensor, q_cls: torch.Tensor,
-                  neg_cls: torch.Tensor, queue_lse: torch.Tensor, inv_tau: float, use_classes: bool) -> torch.Tensor:
-    """grad_q (B, C) = grad_lse_b · inv_tau · Σ_valid softmax_n · n_n, dots recomputed while streaming."""
-    dtype = _check_queue("queue_lse_bwd", q, neg)
+def queue_lse_bwd(grad_lse: torch.Tensor, q: torch.Tensor, neg: torch.Tensor, neg_scale: torch.Tensor,
+                  q_cls: torch.Tensor, neg_cls: torch.Tensor, queue_lse: torch.Tensor, inv_tau: float,
+                  use_classes: bool) -> torch.Tensor:
+    """grad_q (B, C) = grad_lse_b · inv_tau · Σ_valid softmax_n · n̂_n, dots recomputed while streaming."""
+    dtype = _check_queue("queue_lse_bwd", q, neg, neg_scale)
     B, C = q.shape
     Q = neg.shape[0]
     out = torch.empty(B, C, dtype=dtype, device=q.device)
@@ -587,24 +598,26 @@ def queue_lse_bwd(grad_lse: torch.Tensor, q: torch.Tensor, neg: torch.Tensor, q_
     cfg = _queue_bwd_config(on_gpu(q), C, dtype)
     with device_of(q):
         _queue_lse_bwd_kernel[(check_grid("queue_lse_bwd", B),)](
-            grad_lse.to(dtype).contiguous(), q.contiguous(), neg.contiguous(), q_cls.to(torch.int64).contiguous(),
+            grad_lse.to(dtype).contiguous(), q.contiguous(), neg.contiguous(), neg_scale.contiguous(),
+            q_cls.to(torch.int64).contiguous(),
             neg_cls.to(torch.int64).contiguous(), queue_lse.to(dtype).contiguous(), scalar(inv_tau, q, _acc(dtype)),
             out, Q, C, int(bool(use_classes)), F64=dtype == torch.float64, **cfg)
     return out
 
 
-def _mixed_args(op, q, neg, alpha, hard_idx, hard_count, pairs):
-    dtype = _check_queue(op, q, neg)
+def _mixed_args(op, q, neg, neg_scale, alpha, hard_idx, hard_count, pairs):
+    dtype = _check_queue(op, q, neg, neg_scale)
     _check_dtype(op, q, alpha)
-    return dtype, (q.contiguous(), neg.contiguous(), alpha.contiguous(), hard_idx.to(torch.int64).contiguous(),
+    return dtype, (q.contiguous(), neg.contiguous(), neg_scale.contiguous(), alpha.contiguous(), hard_idx.to(torch.int64).contiguous(),
                    hard_count.to(torch.int64).contiguous(), pairs.to(torch.int64).contiguous())
 
 
-def mixed_logits(q: torch.Tensor, neg: torch.Tensor, alpha: torch.Tensor, hard_idx: torch.Tensor,
-                 hard_count: torch.Tensor, pairs: torch.Tensor, inv_tau: float) -> torch.Tensor:
-    """logits (B, P) of the mixed negatives m = α n_i + (1−α) n_j (pairs of positions into each query's
-    hard list), q·m / max(‖m‖, 1e-8) · inv_tau; −inf for invalid pairs. m is never stored."""
-    dtype, (q, neg, alpha, hidx, hcnt, pairs) = _mixed_args("mixed_logits", q, neg, alpha, hard_idx, hard_count, pairs)
+def mixed_logits(q: torch.Tensor, neg: torch.Tensor, neg_scale: torch.Tensor, alpha: torch.Tensor,
+                 hard_idx: torch.Tensor, hard_count: torch.Tensor, pairs: torch.Tensor, inv_tau: float) -> torch.Tensor:
+    """logits (B, P) of the mixed negatives m = α n̂_i + (1−α) n̂_j (n̂ = neg_scale·neg; pairs of positions
+    into each query's hard list), q·m / max(‖m‖, 1e-8) · inv_tau; −inf for invalid pairs. m is never stored."""
+    dtype, (q, neg, scale, alpha, hidx, hcnt, pairs) = _mixed_args("mixed_logits", q, neg, neg_scale, alpha,
+                                                                   hard_idx, hard_count, pairs)
     B, C = q.shape
     P = pairs.shape[1]
     out = torch.empty(B, P, dtype=dtype, device=q.device)
@@ -614,17 +627,17 @@ def mixed_logits(q: torch.Tensor, neg: torch.Tensor, alpha: torch.Tensor, hard_i
     tiles = triton.cdiv(P, cfg["BLOCK_P"])
     with device_of(q):
         _mixed_kernel[(check_grid("mixed_logits", B * tiles),)](
-            q, neg, alpha, hidx, hcnt, pairs, scalar(inv_tau, q, _acc(dtype)), out, P, hidx.shape[1], neg.shape[0],
+            q, neg, scale, alpha, hidx, hcnt, pairs, scalar(inv_tau, q, _acc(dtype)), out, P, hidx.shape[1], neg.shape[0],
             C, tiles, WRITE_NORM=False, F64=dtype == torch.float64, **cfg)
     return out
 
 
-def mixed_logits_bwd(grad_logits: torch.Tensor, q: torch.Tensor, neg: torch.Tensor, alpha: torch.Tensor,
-                     hard_idx: torch.Tensor, hard_count: torch.Tensor, pairs: torch.Tensor,
+def mixed_logits_bwd(grad_logits: torch.Tensor, q: torch.Tensor, neg: torch.Tensor, neg_scale: torch.Tensor,
+                     alpha: torch.Tensor, hard_idx: torch.Tensor, hard_count: torch.Tensor, pairs: torch.Tensor,
                      inv_tau: float) -> torch.Tensor:
     """grad_q (B, C) = Σ_valid p grad_bp · inv_tau · m_bp / max(‖m_bp‖, 1e-8)."""
-    dtype, (q, neg, alpha, hidx, hcnt, pairs) = _mixed_args("mixed_logits_bwd", q, neg, alpha, hard_idx, hard_count,
-                                                            pairs)
+    dtype, (q, neg, scale, alpha, hidx, hcnt, pairs) = _mixed_args("mixed_logits_bwd", q, neg, neg_scale, alpha,
+                                                                   hard_idx, hard_count, pairs)
     B, C = q.shape
     P = pairs.shape[1]
     out = torch.empty(B, C, dtype=dtype, device=q.device)
@@ -640,10 +653,10 @@ def mixed_logits_bwd(grad_logits: torch.Tensor, q: torch.Tensor, neg: torch.Tens
     c_tiles = triton.cdiv(C, cfg["BLOCK_C"])
     with device_of(q):
         _mixed_kernel[(check_grid("mixed_logits_bwd", B * tiles),)](
-            q, neg, alpha, hidx, hcnt, pairs, inv_tau_t, den, P, hidx.shape[1], neg.shape[0], C, tiles,
+            q, neg, scale, alpha, hidx, hcnt, pairs, inv_tau_t, den, P, hidx.shape[1], neg.shape[0], C, tiles,
             WRITE_NORM=True, F64=dtype == torch.float64, **cfg)
         _mixed_bwd_kernel[(check_grid("mixed_logits_bwd", B * c_tiles),)](
-            grad_logits.to(dtype).contiguous(), den, neg, alpha, hidx, hcnt, pairs, inv_tau_t, out,
+            grad_logits.to(dtype).contiguous(), den, neg, scale, alpha, hidx, hcnt, pairs, inv_tau_t, out,
             P, hidx.shape[1], neg.shape[0], C, c_tiles, F64=dtype == torch.float64, **cfg)
     return out
 
@@ -680,26 +693,26 @@ def compile_configs() -> list:
             const, opt = _split(_hard_config(True, H, dtype))
             if log_h == 0:
                 continue  # H = 1 uses the H = 2 buffer
-            sig = dict(q_ptr=e, neg_ptr=e, qcls_ptr="*i64", ncls_ptr="*i64", inv_tau_ptr=a, lse_ptr=e,
+            sig = dict(q_ptr=e, neg_ptr=e, scale_ptr=e, qcls_ptr="*i64", ncls_ptr="*i64", inv_tau_ptr=a, lse_ptr=e,
                        idx_ptr="*i64", cnt_ptr="*i64", Q="i32", C="i32", H="i32", USE_CLASSES="i32",
                        F64="constexpr", LOG_HP="constexpr", LOG_BQ="constexpr", BLOCK_C="constexpr")
             out.append((_hard_neg_kernel, sig, dict(const, F64=f64), opt))
         c = 32
         while c <= LIMITS["channels"]:
             const, opt = _split(_queue_bwd_config(True, c, dtype))
-            sig = dict(g_ptr=e, q_ptr=e, neg_ptr=e, qcls_ptr="*i64", ncls_ptr="*i64", lse_ptr=e, inv_tau_ptr=a,
+            sig = dict(g_ptr=e, q_ptr=e, neg_ptr=e, scale_ptr=e, qcls_ptr="*i64", ncls_ptr="*i64", lse_ptr=e, inv_tau_ptr=a,
                        out_ptr=e, Q="i32", C="i32", USE_CLASSES="i32",
                        F64="constexpr", BLOCK_Q="constexpr", C_PAD="constexpr")
             out.append((_queue_lse_bwd_kernel, sig, dict(const, F64=f64), opt))
             c *= 2
         const, opt = _split(_mixed_config(True, dtype))
         for write_norm in (False, True):
-            sig = dict(q_ptr=e, neg_ptr=e, alpha_ptr=e, hidx_ptr="*i64", cnt_ptr="*i64", pairs_ptr="*i64",
+            sig = dict(q_ptr=e, neg_ptr=e, scale_ptr=e, alpha_ptr=e, hidx_ptr="*i64", cnt_ptr="*i64", pairs_ptr="*i64",
                        inv_tau_ptr=a, out_ptr=a if write_norm else e, P="i32", H="i32", Q="i32", C="i32",
                        P_TILES="i32", WRITE_NORM="constexpr", F64="constexpr", BLOCK_P="constexpr",
                        BLOCK_C="constexpr")
             out.append((_mixed_kernel, sig, dict(const, WRITE_NORM=write_norm, F64=f64), opt))
-        sig = dict(g_ptr=e, den_ptr=a, neg_ptr=e, alpha_ptr=e, hidx_ptr="*i64", cnt_ptr="*i64", pairs_ptr="*i64",
+        sig = dict(g_ptr=e, den_ptr=a, neg_ptr=e, scale_ptr=e, alpha_ptr=e, hidx_ptr="*i64", cnt_ptr="*i64", pairs_ptr="*i64",
                    inv_tau_ptr=a, out_ptr=e, P="i32", H="i32", Q="i32", C="i32", C_TILES="i32",
                    F64="constexpr", BLOCK_P="constexpr", BLOCK_C="constexpr")
         out.append((_mixed_bwd_kernel, sig, dict(const, F64=f64), opt))

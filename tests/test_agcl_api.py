@@ -7,6 +7,7 @@ import torch
 import affseg
 from conftest import INTERPRETING
 
+scl = affseg.reference.unit_row_scales
 FUSED = ["cpu"] + (["triton"] if INTERPRETING else [])
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -138,11 +139,11 @@ def test_opcheck_on_the_registered_ops(backend):
     q = torch.nn.functional.normalize(torch.randn(4, 8, dtype=torch.float64, generator=g), dim=-1).requires_grad_()
     neg = torch.nn.functional.normalize(torch.randn(20, 8, dtype=torch.float64, generator=g), dim=-1)
     q_cls, neg_cls = torch.randint(0, 2, (4,), generator=g), torch.randint(0, 2, (20,), generator=g)
-    torch.library.opcheck(getattr(ops, f"{prefix}hard_negatives").default, (q, neg, q_cls, neg_cls, 5.0, 6, True))
-    _, idx, count = getattr(ops, f"{prefix}hard_negatives")(q.detach(), neg, q_cls, neg_cls, 5.0, 6, True)
+    torch.library.opcheck(getattr(ops, f"{prefix}hard_negatives").default, (q, neg, scl(neg), q_cls, neg_cls, 5.0, 6, True))
+    _, idx, count = getattr(ops, f"{prefix}hard_negatives")(q.detach(), neg, scl(neg), q_cls, neg_cls, 5.0, 6, True)
     pairs = torch.randint(0, 6, (4, 5, 2), generator=g)
     alpha = torch.rand(20, dtype=torch.float64, generator=g)
-    torch.library.opcheck(getattr(ops, f"{prefix}mixed_logits").default, (q, neg, alpha, idx, count, pairs, 5.0))
+    torch.library.opcheck(getattr(ops, f"{prefix}mixed_logits").default, (q, neg, scl(neg), alpha, idx, count, pairs, 5.0))
 
 
 def test_torch_compile_fullgraph():

@@ -8,12 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import affseg
+
 agcl = pytest.importorskip("affseg.kernels.agcl", reason="Triton could not be imported on this machine")
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12),
        torch.float16: dict(rtol=1e-2, atol=1e-3)}
 DTYPES = [torch.float32, torch.float64]
 INF = float("inf")
+scl = affseg.reference.unit_row_scales  # the kernels take the raw queue and these unit-row scales
 
 
 def _close(actual, expected, dtype, **kw):
@@ -156,11 +159,13 @@ def test_affinity_empty():
 # 2. hard negatives and queue LSE
 # ------------------------------------------------------------------------------------------------
 def _check_hard(q, neg, q_cls, neg_cls, inv_tau, n_hard, use_classes, dtype, exact_idx=None):
-    lse, idx, cnt = agcl.hard_negatives(q, neg, q_cls, neg_cls, inv_tau, n_hard, use_classes)
+    lse, idx, cnt = agcl.hard_negatives(q, neg, scl(neg), q_cls, neg_cls, inv_tau, n_hard, use_classes)
     H = min(n_hard, neg.shape[0])
     assert lse.dtype == dtype and idx.dtype == torch.int64 and cnt.dtype == torch.int64
     assert idx.shape == (q.shape[0], H) and cnt.shape == (q.shape[0],)
-    _close(lse, ref_lse(q, neg, q_cls, neg_cls, inv_tau, use_classes), dtype)
+    # The kernels rank by the unit rows' dots; the callers' rows all have one norm, so the raw dots
+    # (exact in the ties test) rank them the same, and the LSE is the unit rows'.
+    _close(lse, ref_lse(q, neg.double() * scl(neg.double())[:, None], q_cls, neg_cls, inv_tau, use_classes), dtype)
     r_idx, r_cnt, r_vals = ref_hard(q, neg, q_cls, neg_cls, n_hard, use_classes)
     assert torch.equal(cnt, r_cnt)
     exact = dtype == torch.float64 if exact_idx is None else exact_idx
@@ -203,10 +208,11 @@ def test_hard_negatives_sizes(dtype, Q, n_hard, C):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_hard_negatives_ties_exact(dtype):
-    """Entries in {−½, 0, ½}: every dot is exact in both dtypes and many tie; ties keep the lower index."""
+    """Query entries in {−½, 0, ½}, queue entries ±½ (one norm, so one unit-row scale): every dot is
+    exact in both dtypes and many tie; ties keep the lower index."""
     gen = torch.Generator().manual_seed(3)
     q = (torch.randint(-1, 2, (4, 6), generator=gen) * 0.5).to(dtype)
-    neg = (torch.randint(-1, 2, (300, 6), generator=gen) * 0.5).to(dtype)
+    neg = ((torch.randint(0, 2, (300, 6), generator=gen) * 2 - 1) * 0.5).to(dtype)
     neg[100:120] = neg[3]  # repeated rows
     qc, nc = torch.randint(0, 2, (4,), generator=gen), torch.randint(0, 2, (300,), generator=gen)
     _check_hard(q, neg, qc, nc, 3.0, 64, False, dtype, exact_idx=True)
@@ -217,9 +223,9 @@ def test_hard_negatives_ties_exact(dtype):
 def test_hard_negatives_no_valid(dtype):
     """Q = 0, or every negative of the query's class: lse −inf, count 0, indices −1, gradients 0."""
     q, neg, qc, nc = _queue(3, 50, 8, dtype)
-    lse, idx, cnt = agcl.hard_negatives(q, neg[:0], qc, nc[:0], 10.0, 16, True)
+    lse, idx, cnt = agcl.hard_negatives(q, neg[:0], scl(neg[:0]), qc, nc[:0], 10.0, 16, True)
     assert idx.shape == (3, 0) and (cnt == 0).all() and (lse == -INF).all()
-    g = agcl.queue_lse_bwd(torch.ones(3, dtype=dtype), q, neg[:0], qc, nc[:0], lse, 10.0, True)
+    g = agcl.queue_lse_bwd(torch.ones(3, dtype=dtype), q, neg[:0], scl(neg[:0]), qc, nc[:0], lse, 10.0, True)
     assert torch.equal(g, torch.zeros(3, 8, dtype=dtype))
 
     nc = torch.zeros(50, dtype=torch.int64)
@@ -227,7 +233,7 @@ def test_hard_negatives_no_valid(dtype):
     lse, idx, cnt = _check_hard(q, neg, qc, nc, 10.0, 16, True, dtype)
     assert lse[0] == -INF and lse[2] == -INF and torch.isfinite(lse[1])
     assert cnt.tolist() == [0, 16, 0] and (idx[0] == -1).all()
-    g = agcl.queue_lse_bwd(torch.ones(3, dtype=dtype), q, neg, qc, nc, lse, 10.0, True)
+    g = agcl.queue_lse_bwd(torch.ones(3, dtype=dtype), q, neg, scl(neg), qc, nc, lse, 10.0, True)
     assert not g.isnan().any() and (g[0] == 0).all() and (g[2] == 0).all() and (g[1] != 0).any()
 
 
@@ -237,7 +243,7 @@ def test_hard_negatives_nan():
     neg[17, 0] = float("nan")  # negative 17: NaN for the queries that may use it
     nc[17] = qc[2]  # ... but invalid for query 2 under use_classes
     for use_classes in (False, True):
-        lse, idx, cnt = agcl.hard_negatives(q, neg, qc, nc, 10.0, 20, use_classes)
+        lse, idx, cnt = agcl.hard_negatives(q, neg, scl(neg), qc, nc, 10.0, 20, use_classes)
         r_idx, r_cnt, _ = ref_hard(q, neg, qc, nc, 20, use_classes)
         assert lse[1].isnan() and lse[0].isnan() and lse[3].isnan() == (use_classes is False or nc[17] != qc[3])
         assert lse[2].isnan() == (not use_classes)
@@ -254,11 +260,11 @@ def test_hard_negatives_nan():
 def test_queue_lse_bwd(dtype, use_classes, C):
     q, neg, qc, nc = _queue(5, 130, C, dtype, seed=C)
     inv_tau = 5.0
-    lse, _, _ = agcl.hard_negatives(q, neg, qc, nc, inv_tau, 8, use_classes)
+    lse, _, _ = agcl.hard_negatives(q, neg, scl(neg), qc, nc, inv_tau, 8, use_classes)
     g = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     q64 = q.double().requires_grad_()
     (expected,) = torch.autograd.grad(ref_lse(q64, neg, qc, nc, inv_tau, use_classes), q64, g)
-    got = agcl.queue_lse_bwd(g.to(dtype), q, neg, qc, nc, lse, inv_tau, use_classes)
+    got = agcl.queue_lse_bwd(g.to(dtype), q, neg, scl(neg), qc, nc, lse, inv_tau, use_classes)
     assert got.dtype == dtype and got.shape == q.shape
     _close(got, expected, dtype, atol=1e-5 if dtype == torch.float32 else 1e-11)
 
@@ -267,8 +273,8 @@ def test_queue_lse_bwd_nan_drops_out_when_invalid():
     q, neg, qc, nc = _queue(3, 64, 8, torch.float64)
     neg[5] = float("nan")
     nc[5] = qc[0]
-    lse, _, _ = agcl.hard_negatives(q, neg, qc, nc, 10.0, 4, True)
-    g = agcl.queue_lse_bwd(torch.ones(3, dtype=torch.float64), q, neg, qc, nc, lse, 10.0, True)
+    lse, _, _ = agcl.hard_negatives(q, neg, scl(neg), qc, nc, 10.0, 4, True)
+    g = agcl.queue_lse_bwd(torch.ones(3, dtype=torch.float64), q, neg, scl(neg), qc, nc, lse, 10.0, True)
     assert not g[0].isnan().any()
     for b in (1, 2):
         assert g[b].isnan().all() == bool(nc[5] != qc[b])
@@ -296,7 +302,7 @@ def test_mixed_logits_fwd_bwd(dtype, C):
     q, neg, alpha, idx, cnt, pairs = _mixed_inputs(dtype, C=C, seed=C)
     cnt[3] = 5  # a short list: pairs beyond position 5 are invalid for query 3
     inv_tau = 10.0
-    got = agcl.mixed_logits(q, neg, alpha, idx, cnt, pairs, inv_tau)
+    got = agcl.mixed_logits(q, neg, scl(neg), alpha, idx, cnt, pairs, inv_tau)
     expected = ref_mixed(q, neg, alpha, idx, cnt, pairs, inv_tau)
     assert got.dtype == dtype and got.shape == pairs.shape[:2]
     assert (expected[:, :3] == -INF).all() and (expected[3] == -INF).sum() > 3
@@ -306,7 +312,7 @@ def test_mixed_logits_fwd_bwd(dtype, C):
     q64 = q.double().requires_grad_()
     out = ref_mixed(q64, neg, alpha, idx, cnt, pairs, inv_tau)
     (exp_grad,) = torch.autograd.grad(torch.where(torch.isfinite(out), out, 0.0), q64, g)
-    got_grad = agcl.mixed_logits_bwd(g.to(dtype), q, neg, alpha, idx, cnt, pairs, inv_tau)
+    got_grad = agcl.mixed_logits_bwd(g.to(dtype), q, neg, scl(neg), alpha, idx, cnt, pairs, inv_tau)
     assert got_grad.dtype == dtype and got_grad.shape == q.shape
     _close(got_grad, exp_grad, dtype, atol=1e-5 if dtype == torch.float32 else 1e-11)
 
@@ -318,20 +324,20 @@ def test_mixed_logits_kernel_hard_list_and_degenerate(dtype):
     q, neg, qc, nc = _queue(4, 30, 8, dtype)
     neg[1] = -neg[0]
     alpha = torch.full((30,), 0.5, dtype=dtype)
-    _, idx, cnt = agcl.hard_negatives(q, neg, qc, nc, 10.0, 64, True)
+    _, idx, cnt = agcl.hard_negatives(q, neg, scl(neg), qc, nc, 10.0, 64, True)
     pairs = torch.randint(0, 30, (4, 40, 2), generator=torch.Generator().manual_seed(0))
     # put the (0, 1) pair at position 0 of every query whose list holds both
     for b in range(4):
         lst = idx[b, : cnt[b]].tolist()
         if 0 in lst and 1 in lst:
             pairs[b, 0] = torch.tensor([lst.index(0), lst.index(1)])
-    got = agcl.mixed_logits(q, neg, alpha, idx, cnt, pairs, 10.0)
+    got = agcl.mixed_logits(q, neg, scl(neg), alpha, idx, cnt, pairs, 10.0)
     _close(got, ref_mixed(q, neg, alpha, idx, cnt, pairs, 10.0), dtype)
     g = torch.ones(4, 40, dtype=torch.float64)
     q64 = q.double().requires_grad_()
     out = ref_mixed(q64, neg, alpha, idx, cnt, pairs, 10.0)
     (exp_grad,) = torch.autograd.grad(torch.where(torch.isfinite(out), out, 0.0), q64, g)
-    _close(agcl.mixed_logits_bwd(g.to(dtype), q, neg, alpha, idx, cnt, pairs, 10.0), exp_grad, dtype,
+    _close(agcl.mixed_logits_bwd(g.to(dtype), q, neg, scl(neg), alpha, idx, cnt, pairs, 10.0), exp_grad, dtype,
            atol=1e-5 if dtype == torch.float32 else 1e-11)
 
 
@@ -341,14 +347,14 @@ def test_mixed_no_valid(dtype):
     q, neg, alpha, idx, cnt, pairs = _mixed_inputs(dtype, B=3, Q=50, C=8, n_hard=10, P=7)
     cnt.zero_()
     idx.fill_(-1)
-    out = agcl.mixed_logits(q, neg, alpha, idx, cnt, pairs, 10.0)
+    out = agcl.mixed_logits(q, neg, scl(neg), alpha, idx, cnt, pairs, 10.0)
     assert (out == -INF).all()
-    g = agcl.mixed_logits_bwd(torch.ones(3, 7, dtype=dtype), q, neg, alpha, idx, cnt, pairs, 10.0)
+    g = agcl.mixed_logits_bwd(torch.ones(3, 7, dtype=dtype), q, neg, scl(neg), alpha, idx, cnt, pairs, 10.0)
     assert torch.equal(g, torch.zeros_like(q))
     empty = torch.zeros(3, 0, dtype=torch.int64)
-    out = agcl.mixed_logits(q, neg[:0], alpha[:0], empty, cnt, pairs, 10.0)
+    out = agcl.mixed_logits(q, neg[:0], scl(neg[:0]), alpha[:0], empty, cnt, pairs, 10.0)
     assert (out == -INF).all()
-    g = agcl.mixed_logits_bwd(torch.ones(3, 7, dtype=dtype), q, neg[:0], alpha[:0], empty, cnt, pairs, 10.0)
+    g = agcl.mixed_logits_bwd(torch.ones(3, 7, dtype=dtype), q, neg[:0], scl(neg[:0]), alpha[:0], empty, cnt, pairs, 10.0)
     assert torch.equal(g, torch.zeros_like(q))
 
 
@@ -358,13 +364,13 @@ def test_mixed_nan_propagates():
     neg[unused[0]] = float("nan")  # never gathered: drops out
     alpha[idx[0, 0]] = float("nan")
     q[2, 0] = float("nan")
-    out = agcl.mixed_logits(q, neg, alpha, idx, cnt, pairs, 10.0)
+    out = agcl.mixed_logits(q, neg, scl(neg), alpha, idx, cnt, pairs, 10.0)
     ref = ref_mixed(q, neg, alpha, idx, cnt, pairs, 10.0)
     _close(out, ref, torch.float32)
     uses = ref[0].isnan().any()  # a valid pair of query 0 mixes with the NaN α
     assert out[2][ref[2] != -INF].isnan().all()
     assert not out[1].isnan().any()
-    g = agcl.mixed_logits_bwd(torch.ones(3, 9), q, neg, alpha, idx, cnt, pairs, 10.0)
+    g = agcl.mixed_logits_bwd(torch.ones(3, 9), q, neg, scl(neg), alpha, idx, cnt, pairs, 10.0)
     assert not g[1].isnan().any() and not g[2].isnan().any()  # d logit/dq = m/‖m‖ does not involve q
     assert g[0].isnan().all() == bool(uses)
 
@@ -379,12 +385,12 @@ def test_float16_forwards():
     assert A.dtype == torch.float16
     _close(A, ref_affinity(t, s, 2.0, False), torch.float16)
     q, neg, qc, nc = _queue(3, 100, 16, torch.float16)
-    lse, idx, cnt = agcl.hard_negatives(q, neg, qc, nc, 10.0, 8, True)
+    lse, idx, cnt = agcl.hard_negatives(q, neg, scl(neg), qc, nc, 10.0, 8, True)
     assert lse.dtype == torch.float16
     _close(lse, ref_lse(q, neg, qc, nc, 10.0, True), torch.float16)
     alpha = torch.rand(100).half()
     pairs = torch.randint(0, 8, (3, 11, 2), generator=gen)
-    _close(agcl.mixed_logits(q, neg, alpha, idx, cnt, pairs, 10.0),
+    _close(agcl.mixed_logits(q, neg, scl(neg), alpha, idx, cnt, pairs, 10.0),
            ref_mixed(q, neg, alpha, idx, cnt, pairs, 10.0), torch.float16, atol=1e-2)
 
 
@@ -393,10 +399,10 @@ def test_limits_declared():
     with pytest.raises(ValueError, match="D <= 64"):
         agcl.affinity_matrix(torch.rand(3, 65), torch.rand(3, 65), 1.0, False)
     with pytest.raises(ValueError, match="n_hard <= 1024"):
-        agcl.hard_negatives(torch.rand(2, 4), torch.rand(5, 4), torch.zeros(2, dtype=torch.long),
+        agcl.hard_negatives(torch.rand(2, 4), torch.rand(5, 4), scl(torch.rand(5, 4)), torch.zeros(2, dtype=torch.long),
                             torch.zeros(5, dtype=torch.long), 1.0, 1025, False)
     with pytest.raises(ValueError, match="C <= 256"):
-        agcl.queue_lse_bwd(torch.rand(2), torch.rand(2, 257), torch.rand(5, 257), torch.zeros(2, dtype=torch.long),
+        agcl.queue_lse_bwd(torch.rand(2), torch.rand(2, 257), torch.rand(5, 257), scl(torch.rand(5, 257)), torch.zeros(2, dtype=torch.long),
                            torch.zeros(5, dtype=torch.long), torch.rand(2), 1.0, False)
 
 
@@ -409,3 +415,35 @@ def test_compile_configs_listed():
         assert set(sig) == set(kernel.arg_names)
         assert {k for k, v in sig.items() if v == "constexpr"} == set(const)
         assert set(opts) == {"num_warps", "num_stages"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_raw_queue_rows_of_any_norm(dtype):
+    """The queue enters raw with its unit-row scales: rows of norms 1e-3 .. 1e3 (and a zero row) give
+    the brute force on the normalised queue, values and gradients."""
+    gen = torch.Generator().manual_seed(11)
+    q, unit_neg = _unit(3, 12, dtype, gen), _unit(90, 12, torch.float64, gen)
+    norms = 10.0 ** (torch.rand(90, 1, generator=gen, dtype=torch.float64) * 6 - 3)
+    raw = (unit_neg * norms).to(dtype)
+    raw[7] = 0
+    want_neg = F.normalize(raw.double(), dim=-1, eps=1e-8)
+    qc, nc = torch.randint(0, 3, (3,), generator=gen), torch.randint(0, 3, (90,), generator=gen)
+    lse, idx, cnt = agcl.hard_negatives(q, raw, scl(raw), qc, nc, 10.0, 16, True)
+    _close(lse, ref_lse(q, want_neg, qc, nc, 10.0, True), dtype)
+    sim = q.double() @ want_neg.T
+    exp_idx, exp_cnt, _ = ref_hard(q, want_neg, qc, nc, 16, True)
+    assert torch.equal(cnt, exp_cnt)
+    live = idx >= 0
+    assert torch.equal(live, exp_idx >= 0)
+    _close(sim.gather(1, idx.clamp(min=0))[live], sim.gather(1, exp_idx.clamp(min=0))[live], dtype)
+    qr = q.double().requires_grad_()
+    g = torch.rand(3, dtype=torch.float64, generator=gen)
+    (exp_grad,) = torch.autograd.grad(ref_lse(qr, want_neg, qc, nc, 10.0, True), qr, g)
+    _close(agcl.queue_lse_bwd(g.to(dtype), q, raw, scl(raw), qc, nc, lse, 10.0, True), exp_grad, dtype)
+    alpha = torch.rand(90, generator=gen, dtype=torch.float64).to(dtype)
+    pairs = torch.randint(0, 16, (3, 9, 2), generator=gen)
+    exp = ref_mixed(qr, want_neg, alpha, idx, cnt, pairs, 10.0)
+    _close(agcl.mixed_logits(q, raw, scl(raw), alpha, idx, cnt, pairs, 10.0), exp, dtype)
+    gm = torch.where(exp.isfinite(), torch.rand(exp.shape, generator=gen, dtype=torch.float64), 0.0)
+    (exp_grad,) = torch.autograd.grad(exp, qr, gm)
+    _close(agcl.mixed_logits_bwd(gm.to(dtype), q, raw, scl(raw), alpha, idx, cnt, pairs, 10.0), exp_grad, dtype)

@@ -3,10 +3,12 @@
 
 - ``affinity_matrix(y_t, y_s, inv_two_sigma2, l1) -> A``: the teacher × student Gaussian-kernel
   graph built tile by tile; differentiable in y_s through ``affinity_matrix_bwd``, which recomputes A.
-- ``hard_negatives(q, neg, q_cls, neg_cls, inv_tau, n_hard, use_classes) -> (queue_lse, hard_idx,
-  hard_count)``: one streaming pass over the queue per query: the log-sum-exp of its queue logits
-  and its top-n_hard negatives; differentiable in q through ``queue_lse_bwd``.
-- ``mixed_logits(q, neg, alpha, hard_idx, hard_count, pairs, inv_tau) -> logits``: the logits of
+- ``hard_negatives(q, neg, neg_scale, q_cls, neg_cls, inv_tau, n_hard, use_classes) -> (queue_lse,
+  hard_idx, hard_count)``: one streaming pass over the queue per query: the log-sum-exp of its queue
+  logits and its top-n_hard negatives; differentiable in q through ``queue_lse_bwd``. The queue
+  comes raw with its unit-row scales ``neg_scale`` (Q,) = 1 / max(‖n‖, eps): the kernels work on
+  neg_scale·neg, so no normalised (Q, C) copy of the queue is made.
+- ``mixed_logits(q, neg, neg_scale, alpha, hard_idx, hard_count, pairs, inv_tau) -> logits``: the logits of
   the mixed hard negatives from qᵀn_i, qᵀn_j and n_iᵀn_j, no mixed vector built; differentiable in
   q through ``mixed_logits_bwd``.
 """
@@ -29,7 +31,7 @@ def _affinity_bwd_fake(grad_a, y_t, y_s, inv_two_sigma2, l1):
     return torch.empty_like(y_s)
 
 
-def _hard_fake(q, neg, q_cls, neg_cls, inv_tau, n_hard, use_classes):
+def _hard_fake(q, neg, neg_scale, q_cls, neg_cls, inv_tau, n_hard, use_classes):
     torch._check(q.dim() == 2 and neg.dim() == 2 and q.shape[1] == neg.shape[1],
                  lambda: "hard_negatives: q and neg must be (B, C) and (Q, C)")
     hard = min(n_hard, neg.shape[0])
@@ -37,17 +39,17 @@ def _hard_fake(q, neg, q_cls, neg_cls, inv_tau, n_hard, use_classes):
             q.new_empty(q.shape[:1], dtype=torch.long))
 
 
-def _queue_bwd_fake(grad_lse, q, neg, q_cls, neg_cls, queue_lse, inv_tau, use_classes):
+def _queue_bwd_fake(grad_lse, q, neg, neg_scale, q_cls, neg_cls, queue_lse, inv_tau, use_classes):
     return torch.empty_like(q)
 
 
-def _mixed_fake(q, neg, alpha, hard_idx, hard_count, pairs, inv_tau):
+def _mixed_fake(q, neg, neg_scale, alpha, hard_idx, hard_count, pairs, inv_tau):
     torch._check(pairs.dim() == 3 and pairs.shape[0] == q.shape[0] and pairs.shape[2] == 2,
                  lambda: "mixed_logits: pairs must be (B, P, 2)")
     return q.new_empty(pairs.shape[:2])
 
 
-def _mixed_bwd_fake(grad, q, neg, alpha, hard_idx, hard_count, pairs, inv_tau):
+def _mixed_bwd_fake(grad, q, neg, neg_scale, alpha, hard_idx, hard_count, pairs, inv_tau):
     return torch.empty_like(q)
 
 
@@ -60,14 +62,14 @@ def _register(prefix: str, impls: dict | None = None) -> None:
                    Gradient("affinity_graph_loss", affinity_bwd, tensor_inputs=2, grad_inputs=(1,)))
     queue_bwd = define(f"{prefix}queue_lse_bwd", impl=impl("queue_lse_bwd"), fake=_queue_bwd_fake)
     define(f"{prefix}hard_negatives", impl=impl("hard_negatives"), fake=_hard_fake)
-    # bwd(grad_lse, q, neg, q_cls, neg_cls, queue_lse, inv_tau, use_classes): n_hard is not needed.
+    # bwd(grad_lse, q, neg, neg_scale, q_cls, neg_cls, queue_lse, inv_tau, use_classes): no n_hard.
     differentiable(f"{prefix}hard_negatives",
-                   Gradient("mixed_negative_infonce", queue_bwd, tensor_inputs=4, grad_inputs=(0,),
+                   Gradient("mixed_negative_infonce", queue_bwd, tensor_inputs=5, grad_inputs=(0,),
                             saved_outputs=(0,), bwd_options=(0, 2)))
     mixed_bwd = define(f"{prefix}mixed_logits_bwd", impl=impl("mixed_logits_bwd"), fake=_mixed_bwd_fake)
     define(f"{prefix}mixed_logits", impl=impl("mixed_logits"), fake=_mixed_fake)
     differentiable(f"{prefix}mixed_logits",
-                   Gradient("mixed_negative_infonce", mixed_bwd, tensor_inputs=6, grad_inputs=(0,)))
+                   Gradient("mixed_negative_infonce", mixed_bwd, tensor_inputs=7, grad_inputs=(0,)))
 
 
 if _extension.has_op("affinity_matrix"):
@@ -84,21 +86,21 @@ if _kernels is not None:
     def _affinity_bwd(grad_a: Tensor, y_t: Tensor, y_s: Tensor, inv_two_sigma2: float, l1: bool) -> Tensor:
         return _kernels.affinity_matrix_bwd(grad_a, y_t, y_s, inv_two_sigma2, l1)
 
-    def _hard(q: Tensor, neg: Tensor, q_cls: Tensor, neg_cls: Tensor, inv_tau: float, n_hard: int,
-              use_classes: bool) -> tuple[Tensor, Tensor, Tensor]:
-        return _kernels.hard_negatives(q, neg, q_cls, neg_cls, inv_tau, n_hard, use_classes)
+    def _hard(q: Tensor, neg: Tensor, neg_scale: Tensor, q_cls: Tensor, neg_cls: Tensor, inv_tau: float,
+              n_hard: int, use_classes: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return _kernels.hard_negatives(q, neg, neg_scale, q_cls, neg_cls, inv_tau, n_hard, use_classes)
 
-    def _queue_bwd(grad_lse: Tensor, q: Tensor, neg: Tensor, q_cls: Tensor, neg_cls: Tensor, queue_lse: Tensor,
-                   inv_tau: float, use_classes: bool) -> Tensor:
-        return _kernels.queue_lse_bwd(grad_lse, q, neg, q_cls, neg_cls, queue_lse, inv_tau, use_classes)
+    def _queue_bwd(grad_lse: Tensor, q: Tensor, neg: Tensor, neg_scale: Tensor, q_cls: Tensor, neg_cls: Tensor,
+                   queue_lse: Tensor, inv_tau: float, use_classes: bool) -> Tensor:
+        return _kernels.queue_lse_bwd(grad_lse, q, neg, neg_scale, q_cls, neg_cls, queue_lse, inv_tau, use_classes)
 
-    def _mixed(q: Tensor, neg: Tensor, alpha: Tensor, hard_idx: Tensor, hard_count: Tensor, pairs: Tensor,
-               inv_tau: float) -> Tensor:
-        return _kernels.mixed_logits(q, neg, alpha, hard_idx, hard_count, pairs, inv_tau)
+    def _mixed(q: Tensor, neg: Tensor, neg_scale: Tensor, alpha: Tensor, hard_idx: Tensor, hard_count: Tensor,
+               pairs: Tensor, inv_tau: float) -> Tensor:
+        return _kernels.mixed_logits(q, neg, neg_scale, alpha, hard_idx, hard_count, pairs, inv_tau)
 
-    def _mixed_bwd(grad: Tensor, q: Tensor, neg: Tensor, alpha: Tensor, hard_idx: Tensor, hard_count: Tensor,
-                   pairs: Tensor, inv_tau: float) -> Tensor:
-        return _kernels.mixed_logits_bwd(grad, q, neg, alpha, hard_idx, hard_count, pairs, inv_tau)
+    def _mixed_bwd(grad: Tensor, q: Tensor, neg: Tensor, neg_scale: Tensor, alpha: Tensor, hard_idx: Tensor,
+                   hard_count: Tensor, pairs: Tensor, inv_tau: float) -> Tensor:
+        return _kernels.mixed_logits_bwd(grad, q, neg, neg_scale, alpha, hard_idx, hard_count, pairs, inv_tau)
 
     _register("triton_", dict(
         affinity_matrix=_affinity, affinity_matrix_bwd=_affinity_bwd, hard_negatives=_hard,
@@ -117,11 +119,12 @@ def affinity_matrix(y_t, y_s, *, inv_two_sigma2, l1, backend):
     return _op("affinity_matrix", backend)(y_t, y_s, float(inv_two_sigma2), bool(l1))
 
 
-def hard_negatives(q, neg, q_cls, neg_cls, *, inv_tau, n_hard, use_classes, backend):
+def hard_negatives(q, neg, neg_scale, q_cls, neg_cls, *, inv_tau, n_hard, use_classes, backend):
     """(queue_lse (B,), hard_idx (B, H), hard_count (B,)) on a concrete backend; lse differentiable in q."""
-    return _op("hard_negatives", backend)(q, neg, q_cls, neg_cls, float(inv_tau), int(n_hard), bool(use_classes))
+    return _op("hard_negatives", backend)(q, neg, neg_scale, q_cls, neg_cls, float(inv_tau), int(n_hard),
+                                          bool(use_classes))
 
 
-def mixed_logits(q, neg, alpha, hard_idx, hard_count, pairs, *, inv_tau, backend):
+def mixed_logits(q, neg, neg_scale, alpha, hard_idx, hard_count, pairs, *, inv_tau, backend):
     """Logits (B, P) of the mixed hard negatives on a concrete backend; differentiable in q."""
-    return _op("mixed_logits", backend)(q, neg, alpha, hard_idx, hard_count, pairs, float(inv_tau))
+    return _op("mixed_logits", backend)(q, neg, neg_scale, alpha, hard_idx, hard_count, pairs, float(inv_tau))

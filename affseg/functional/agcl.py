@@ -143,12 +143,13 @@ def mixed_negative_infonce(
         )
     from affseg._ops import agcl as ops
 
-    def hard(q_hat, neg_hat, q_cls, neg_cls, inv_tau, n_hard, use_classes):
-        return ops.hard_negatives(q_hat, neg_hat, q_cls, neg_cls, inv_tau=inv_tau, n_hard=n_hard,
+    def hard(q_hat, neg, neg_scale, q_cls, neg_cls, inv_tau, n_hard, use_classes):
+        return ops.hard_negatives(q_hat, neg, neg_scale, q_cls, neg_cls, inv_tau=inv_tau, n_hard=n_hard,
                                   use_classes=use_classes, backend=backend)
 
-    def mixed(q_hat, neg_hat, alpha, hard_idx, hard_count, pairs, inv_tau):
-        return ops.mixed_logits(q_hat, neg_hat, alpha, hard_idx, hard_count, pairs, inv_tau=inv_tau, backend=backend)
+    def mixed(q_hat, neg, neg_scale, alpha, hard_idx, hard_count, pairs, inv_tau):
+        return ops.mixed_logits(q_hat, neg, neg_scale, alpha, hard_idx, hard_count, pairs, inv_tau=inv_tau,
+                                backend=backend)
 
     return reference.infonce_with(hard, mixed, q, k_pos, negatives, alpha, q_classes, neg_classes, pairs, tau=tau,
                                   n_hard=n_hard, mode=mode, reduction=reduction)

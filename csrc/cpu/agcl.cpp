@@ -9,19 +9,22 @@
 //   thread owns a block of kColBlock columns and sweeps all rows in a fixed order (deterministic, no
 //   atomics). Reads N·M + (N + M)·D, writes M·D; ~6·N·M·D flops + N·M exps.
 // hard_negatives: one streaming pass over the queue per group of up to kMaxGroup·kRows queries (each
-//   chunk serves the whole group while cached, so the queue is read ⌈B / (group size)⌉ times): the queue is
-//   packed once into (C, 64-byte) panels; a register-blocked kRows × 2-vector dot micro-kernel fills a
+//   chunk serves the whole group while cached, so the queue is read ⌈B / (group size)⌉ times): each chunk
+//   of kChunk entries is packed, scaled to unit rows (neg_scale), into a thread-local (C, 64-byte)
+//   panel buffer (the normalised queue is never materialised: O(kChunk·C) extra memory per thread,
+//   not O(Q·C)); a register-blocked kRows × 2-vector dot micro-kernel fills a
 //   (kRows, kChunk) tile; per row, an `omp simd` online log-sum-exp over the tile's valid logits, then
 //   a scalar filter against the current H-th best pushes candidates into a buffer of 2H, cut back to
 //   the H best by nth_element when it fills, sorted at the end (agcl::ranks_before: descending dot,
 //   ties lower index first, NaN dots first). The B×Q matrix is never built. Reads B·C + Q·C·⌈B/(group·kRows)⌉
-//   (cache permitting), writes B·(H + 2); 2·B·Q·C flops + B·Q exps.
-// queue_lse_bwd: the same sweep recomputing the dots; grad_q_b = g_b·inv_tau Σ_valid e^{x − lse} n,
-//   accumulated over the chunk's row-major entries, kRows queries per load (fixed order: deterministic).
+//   (cache permitting) plus Q (neg_scale), writes B·(H + 2); 2·B·Q·C flops + B·Q exps.
+// queue_lse_bwd: the same sweep recomputing the dots; grad_q_b = g_b·inv_tau Σ_valid e^{x − lse} s_n·n,
+//   accumulated over the chunk's raw row-major entries, kRows queries per load (fixed order: deterministic).
 //   4·B·Q·C flops + B·Q exps. (0·NaN: a NaN queue row reaches every query's gradient, as in the
 //   reference's (B, Q) @ (Q, C) product.)
 // mixed_logits(_bwd): OpenMP over (query, pair) / queries: five C-long dots per pair (q·n_i, q·n_j,
-//   n_i·n_j, ‖n_i‖², ‖n_j‖²), no mixed vector; bwd accumulates ci n_i + cj n_j per query in pair
+//   n_i·n_j, ‖n_i‖², ‖n_j‖²) of the raw rows, scaled to the unit rows by agcl::unit_pair_dots, no mixed
+//   vector; bwd accumulates ci s_i n_i + cj s_j n_j per query in pair
 //   order (deterministic). Reads B·P·2·C, ~10·B·P·C flops.
 //
 // Limits: float32/float64 (one dtype for every float input), int64 indices; no size limits beyond
@@ -164,11 +167,11 @@ AFFSEG_ALWAYS_INLINE void affinity_bwd_block(const AffArgs<T>& a, const T* grad_
 template <typename T>
 struct QueueArgs {
   const T* q;      // (B, C)
-  const T* negp;   // (Qpad / PW, C, PW): the queue in zero-padded panels of PW = 64 bytes of entries
-  const T* neg;    // (Q, C) row-major
+  const T* neg;    // (Q, C) row-major, raw
+  const T* scale;  // (Q,): 1 / max(‖n‖, eps), the unit rows are scale · neg
   const int64_t* q_cls;
   const int64_t* neg_cls;
-  int64_t B, Q, C, qpad, H;
+  int64_t B, Q, C, H;
   T inv_tau;
   bool use_classes;
 };
@@ -184,11 +187,29 @@ struct CandOrder {
   bool operator()(const Cand<T>& x, const Cand<T>& y) const { return agcl::ranks_before(x.dot, x.idx, y.dot, y.idx); }
 };
 
-// dots[r][j] = q_{row r} · n_{j0 + j} for j < width (a multiple of two vectors). The panel layout
-// makes every load of the channel loop the next 2 vectors of one contiguous (C, PW) panel (a strided
-// (C, Q) transpose would touch a new page per channel at large Q).
+// Entries j0 .. j0 + live − 1 as unit rows in panels (width / PW, C, PW), PW = 64 bytes of entries,
+// zero past live (width = padded(live)).
+template <typename T>
+AFFSEG_ALWAYS_INLINE void pack_chunk(const QueueArgs<T>& a, int64_t j0, int64_t live, int64_t width, T* panel) {
+  constexpr int64_t PW = kPadBytes / sizeof(T);
+  const int64_t C = a.C;
+  for (int64_t j = 0; j < width; ++j) {
+    T* dst = panel + j / PW * C * PW + j % PW;
+    if (j >= live) {
+      for (int64_t c = 0; c < C; ++c) dst[c * PW] = T(0);
+      continue;
+    }
+    const T* src = a.neg + (j0 + j) * C;
+    const T sc = a.scale[j0 + j];
+    for (int64_t c = 0; c < C; ++c) dst[c * PW] = src[c] * sc;
+  }
+}
+
+// dots[r][j] = q_{row r} · n̂_j for j < width (a multiple of two vectors) from a packed chunk. The
+// panel layout makes every load of the channel loop the next 2 vectors of one contiguous (C, PW)
+// panel.
 template <typename T, int VB>
-AFFSEG_ALWAYS_INLINE void dot_chunk(const T* const rows[kRows], const T* negp, int64_t C, int64_t j0, int64_t width,
+AFFSEG_ALWAYS_INLINE void dot_chunk(const T* const rows[kRows], const T* panel, int64_t C, int64_t width,
                                     T (*dots)[kChunk]) {
   using V = typename Vec<T, VB>::type;
   constexpr int64_t L = VB / sizeof(T);
@@ -196,7 +217,7 @@ AFFSEG_ALWAYS_INLINE void dot_chunk(const T* const rows[kRows], const T* negp, i
   static_assert(PW % (2 * L) == 0 && kChunk % PW == 0, "panels hold whole vector pairs; chunks whole panels");
   for (int64_t j = 0; j < width; j += 2 * L) {
     V acc[kRows][2] = {};
-    const T* col = negp + (j0 + j) / PW * C * PW + (j0 + j) % PW;
+    const T* col = panel + j / PW * C * PW + j % PW;
     for (int64_t c = 0; c < C; ++c) {
       const V b0 = load_vec<V>(col + c * PW);
       const V b1 = load_vec<V>(col + c * PW + L);
@@ -293,8 +314,8 @@ AFFSEG_ALWAYS_INLINE QueryBlock<T> query_block(const QueueArgs<T>& a, int64_t i0
 // every chunk serves all the group's micro-blocks while it is in cache (the queue is read once per
 // group, not once per micro-block).
 template <typename T, int VB>
-AFFSEG_ALWAYS_INLINE void hard_group(const QueueArgs<T>& a, int64_t blk0, int nblk, HardRow<T>* state, T* lse,
-                                     int64_t* hard_idx, int64_t* hard_count) {
+AFFSEG_ALWAYS_INLINE void hard_group(const QueueArgs<T>& a, int64_t blk0, int nblk, HardRow<T>* state, T* panel,
+                                     T* lse, int64_t* hard_idx, int64_t* hard_count) {
   alignas(64) T dots[kRows][kChunk];
   alignas(64) T logit[kChunk];
   QueryBlock<T> blocks[kMaxGroup];
@@ -311,10 +332,11 @@ AFFSEG_ALWAYS_INLINE void hard_group(const QueueArgs<T>& a, int64_t blk0, int nb
     }
   }
   for (int64_t j0 = 0; j0 < a.Q; j0 += kChunk) {
-    const int64_t width = std::min(kChunk, a.qpad - j0);
     const int64_t live = std::min(kChunk, a.Q - j0);
+    const int64_t width = padded<T>(live);
+    pack_chunk(a, j0, live, width, panel);
     for (int g = 0; g < nblk; ++g) {
-      dot_chunk<T, VB>(blocks[g].rows, a.negp, a.C, j0, width, dots);
+      dot_chunk<T, VB>(blocks[g].rows, panel, a.C, width, dots);
       for (int r = 0; r < blocks[g].nr; ++r) {
         hard_chunk(a, blocks[g].cls[r], j0, live, dots[r], logit, state[g * kRows + r]);
       }
@@ -337,7 +359,7 @@ AFFSEG_ALWAYS_INLINE void hard_group(const QueueArgs<T>& a, int64_t blk0, int nb
 // grad_q for the group's queries: coef_b Σ_valid exp(x − lse_b) n. acc: (nblk · kRows, C) scratch.
 template <typename T, int VB>
 AFFSEG_ALWAYS_INLINE void queue_bwd_group(const QueueArgs<T>& a, int64_t blk0, int nblk, const T* grad, const T* lse,
-                                          T* acc, T* grad_q) {
+                                          T* panel, T* acc, T* grad_q) {
   alignas(64) T w[kRows][kChunk];
   QueryBlock<T> blocks[kMaxGroup];
   for (int g = 0; g < nblk; ++g) blocks[g] = query_block(a, (blk0 + g) * kRows);
@@ -345,12 +367,14 @@ AFFSEG_ALWAYS_INLINE void queue_bwd_group(const QueueArgs<T>& a, int64_t blk0, i
   const T neg_inf = agcl::neg_inf<T>();
   const bool use_classes = a.use_classes;
   for (int64_t j0 = 0; j0 < a.Q; j0 += kChunk) {
-    const int64_t width = std::min(kChunk, a.qpad - j0);
     const int64_t live = std::min(kChunk, a.Q - j0);
+    const int64_t width = padded<T>(live);
     const int64_t* nc = a.neg_cls + j0;
+    const T* sc = a.scale + j0;
+    pack_chunk(a, j0, live, width, panel);
     for (int g = 0; g < nblk; ++g) {
       const QueryBlock<T>& qb = blocks[g];
-      dot_chunk<T, VB>(qb.rows, a.negp, a.C, j0, width, w);
+      dot_chunk<T, VB>(qb.rows, panel, a.C, width, w);
       for (int r = 0; r < kRows; ++r) {
         T* x = w[r];
         const T l = lse[std::min((blk0 + g) * kRows + r, a.B - 1)];
@@ -358,11 +382,13 @@ AFFSEG_ALWAYS_INLINE void queue_bwd_group(const QueueArgs<T>& a, int64_t blk0, i
 #pragma omp simd
         for (int64_t j = 0; j < live; ++j) {
           const bool ok = (!use_classes || nc[j] != qc) & (l != neg_inf);
+          // The raw row n is accumulated below, so its weight carries n's scale (n̂ = s·n); a NaN
+          // scale (a NaN row) reaches every query through 0·NaN, as n̂'s NaN row does in the reference.
           const T e = agcl::queue_weight(x[j] * a.inv_tau, l);
-          x[j] = ok ? e : T(0);
+          x[j] = (ok ? e : T(0)) * sc[j];
         }
       }
-      // acc[r][:] += Σ_j w[r][j] n_{j0+j}: one pass over the chunk's contiguous rows, four queries per load.
+      // acc[r][:] += Σ_j w[r][j] n_{j0+j}: one pass over the chunk's contiguous raw rows, four queries per load.
       T* acc0 = acc + g * kRows * a.C;
       T* acc1 = acc0 + a.C;
       T* acc2 = acc0 + 2 * a.C;
@@ -408,7 +434,8 @@ inline int group_size(int64_t blocks) {
 template <typename T>
 struct MixArgs {
   const T* q;      // (B, C)
-  const T* neg;    // (Q, C)
+  const T* neg;    // (Q, C), raw
+  const T* scale;  // (Q,): the unit rows are scale · neg
   const T* alpha;  // (Q,)
   const int64_t* hard_idx;    // (B, H)
   const int64_t* hard_count;  // (B,)
@@ -476,9 +503,10 @@ AFFSEG_ALWAYS_INLINE void pair_dots(const T* qb, const T* ni, const T* nj, int64
       _Pragma("omp parallel") {                                                                                 \
         std::vector<HardRow<T>> st(static_cast<size_t>(group * kRows));                                         \
         for (HardRow<T>& row : st) row.buf.reserve(static_cast<size_t>(2 * a.H));                               \
+        std::vector<T> panel(static_cast<size_t>(kChunk * a.C));                                                \
         _Pragma("omp for schedule(dynamic, 1)") for (int64_t grp = 0; grp < groups; ++grp) {                    \
           const int n = static_cast<int>(std::min<int64_t>(group, blocks - grp * group));                       \
-          hard_group<T, kVecBytes>(a, grp * group, n, st.data(), lse, hard_idx, hard_count);                    \
+          hard_group<T, kVecBytes>(a, grp * group, n, st.data(), panel.data(), lse, hard_idx, hard_count);      \
         }                                                                                                       \
       }                                                                                                         \
     }                                                                                                           \
@@ -489,9 +517,10 @@ AFFSEG_ALWAYS_INLINE void pair_dots(const T* qb, const T* ni, const T* nj, int64
       const int64_t groups = (blocks + group - 1) / group;                                                      \
       _Pragma("omp parallel") {                                                                                 \
         std::vector<T> acc(static_cast<size_t>(group * kRows * a.C));                                           \
+        std::vector<T> panel(static_cast<size_t>(kChunk * a.C));                                                \
         _Pragma("omp for schedule(dynamic, 1)") for (int64_t grp = 0; grp < groups; ++grp) {                    \
           const int n = static_cast<int>(std::min<int64_t>(group, blocks - grp * group));                       \
-          queue_bwd_group<T, kVecBytes>(a, grp * group, n, grad, lse, acc.data(), grad_q);                      \
+          queue_bwd_group<T, kVecBytes>(a, grp * group, n, grad, lse, panel.data(), acc.data(), grad_q);        \
         }                                                                                                       \
       }                                                                                                         \
     }                                                                                                           \
@@ -504,6 +533,7 @@ AFFSEG_ALWAYS_INLINE void pair_dots(const T* qb, const T* ni, const T* nj, int64
           if (resolve_pair(a, b, p, i, j)) {                                                                    \
             T d[5];                                                                                             \
             pair_dots(a.q + b * a.C, a.neg + i * a.C, a.neg + j * a.C, a.C, d);                                 \
+            agcl::unit_pair_dots(d, a.scale[i], a.scale[j]);                                                    \
             const T al = a.alpha[i];                                                                            \
             v = agcl::mixed_logit(al, d[0], d[1], agcl::mix_inv_norm(al, d[3], d[4], d[2]), a.inv_tau);         \
           }                                                                                                     \
@@ -523,9 +553,10 @@ AFFSEG_ALWAYS_INLINE void pair_dots(const T* qb, const T* ni, const T* nj, int64
           const T* nj = a.neg + j * a.C;                                                                        \
           T d[5];                                                                                               \
           pair_dots(a.q + b * a.C, ni, nj, a.C, d);                                                             \
+          agcl::unit_pair_dots(d, a.scale[i], a.scale[j]);                                                      \
           const T al = a.alpha[i];                                                                              \
           const T scale = grad[b * a.P + p] * a.inv_tau * agcl::mix_inv_norm(al, d[3], d[4], d[2]);             \
-          const T ci = scale * al, cj = scale * (T(1) - al);                                                    \
+          const T ci = scale * al * a.scale[i], cj = scale * (T(1) - al) * a.scale[j];                          \
           _Pragma("omp simd") for (int64_t c = 0; c < a.C; ++c) g[c] += ci * ni[c] + cj * nj[c];                \
         }                                                                                                       \
       }                                                                                                         \
@@ -573,30 +604,22 @@ at::Tensor affinity_matrix_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& 
   return grad_s;
 }
 
-// The queue zero-padded to Qpad entries in panels (Qpad / PW, C, PW), PW = kPadBytes / sizeof(T).
 template <typename T>
-at::Tensor packed_queue(const at::Tensor& neg) {
-  const int64_t Q = neg.size(0), C = neg.size(1), qpad = padded<T>(Q), pw = kPadBytes / sizeof(T);
-  at::Tensor rows = at::zeros({qpad, C}, neg.options());
-  rows.narrow(0, 0, Q).copy_(neg);
-  return rows.view({qpad / pw, pw, C}).transpose(1, 2).contiguous();
-}
-
-template <typename T>
-QueueArgs<T> queue_args(const at::Tensor& q, const at::Tensor& negp, const at::Tensor& neg, const at::Tensor& q_cls,
+QueueArgs<T> queue_args(const at::Tensor& q, const at::Tensor& neg, const at::Tensor& scale, const at::Tensor& q_cls,
                         const at::Tensor& neg_cls, int64_t H, double inv_tau, bool use_classes) {
-  return QueueArgs<T>{q.data_ptr<T>(), negp.data_ptr<T>(), neg.data_ptr<T>(), q_cls.data_ptr<int64_t>(),
-                      neg_cls.data_ptr<int64_t>(), q.size(0), neg.size(0), q.size(1), padded<T>(neg.size(0)), H,
-                      static_cast<T>(inv_tau), use_classes};
+  return QueueArgs<T>{q.data_ptr<T>(), neg.data_ptr<T>(), scale.data_ptr<T>(), q_cls.data_ptr<int64_t>(),
+                      neg_cls.data_ptr<int64_t>(), q.size(0), neg.size(0), q.size(1), H, static_cast<T>(inv_tau),
+                      use_classes};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negatives_cpu(const at::Tensor& q_in, const at::Tensor& neg_in,
+                                                                  const at::Tensor& scale_in,
                                                                   const at::Tensor& q_cls_in,
                                                                   const at::Tensor& neg_cls_in, double inv_tau,
                                                                   int64_t n_hard, bool use_classes) {
-  check_hard_inputs(q_in, neg_in, q_cls_in, neg_cls_in, at::kCPU, "hard_negatives");
+  check_hard_inputs(q_in, neg_in, scale_in, q_cls_in, neg_cls_in, at::kCPU, "hard_negatives");
   TORCH_CHECK(n_hard >= 0, "hard_negatives: n_hard must be >= 0, got ", n_hard);
-  const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous();
+  const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous(), scale = scale_in.contiguous();
   const at::Tensor q_cls = q_cls_in.contiguous();
   const at::Tensor neg_cls = neg_cls_in.contiguous();
   const int64_t B = q.size(0), Q = neg.size(0);
@@ -606,8 +629,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negatives_cpu(const at::Tens
   at::Tensor count = at::zeros({B}, q_cls.options());
   if (B == 0 || Q == 0) return {lse, idx, count};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "hard_negatives_cpu", [&] {
-    const at::Tensor negp = packed_queue<scalar_t>(neg);
-    const QueueArgs<scalar_t> a = queue_args<scalar_t>(q, negp, neg, q_cls, neg_cls, H, inv_tau, use_classes);
+    const QueueArgs<scalar_t> a = queue_args<scalar_t>(q, neg, scale, q_cls, neg_cls, H, inv_tau, use_classes);
     scalar_t* l = lse.data_ptr<scalar_t>();
     int64_t* hi = idx.data_ptr<int64_t>();
     int64_t* hc = count.data_ptr<int64_t>();
@@ -617,10 +639,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negatives_cpu(const at::Tens
 }
 
 at::Tensor queue_lse_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& neg_in,
-                             const at::Tensor& q_cls_in, const at::Tensor& neg_cls_in, const at::Tensor& lse_in,
-                             double inv_tau, bool use_classes) {
-  check_queue_lse_bwd_inputs(grad_in, q_in, neg_in, q_cls_in, neg_cls_in, lse_in, at::kCPU);
-  const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous();
+                             const at::Tensor& scale_in, const at::Tensor& q_cls_in, const at::Tensor& neg_cls_in,
+                             const at::Tensor& lse_in, double inv_tau, bool use_classes) {
+  check_queue_lse_bwd_inputs(grad_in, q_in, neg_in, scale_in, q_cls_in, neg_cls_in, lse_in, at::kCPU);
+  const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous(), scale = scale_in.contiguous();
   const at::Tensor q_cls = q_cls_in.contiguous();
   const at::Tensor neg_cls = neg_cls_in.contiguous();
   const at::Tensor grad = grad_in.contiguous();
@@ -629,8 +651,7 @@ at::Tensor queue_lse_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& q_in, 
   const int64_t Q = neg_in.size(0);
   if (grad_q.numel() == 0 || Q == 0) return grad_q;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "queue_lse_bwd_cpu", [&] {
-    const at::Tensor negp = packed_queue<scalar_t>(neg);
-    const QueueArgs<scalar_t> a = queue_args<scalar_t>(q, negp, neg, q_cls, neg_cls, 0, inv_tau, use_classes);
+    const QueueArgs<scalar_t> a = queue_args<scalar_t>(q, neg, scale, q_cls, neg_cls, 0, inv_tau, use_classes);
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* l = lse.data_ptr<scalar_t>();
     scalar_t* o = grad_q.data_ptr<scalar_t>();
@@ -640,24 +661,26 @@ at::Tensor queue_lse_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& q_in, 
 }
 
 template <typename T>
-MixArgs<T> mix_args(const at::Tensor& q, const at::Tensor& neg, const at::Tensor& alpha, const at::Tensor& hard_idx,
-                    const at::Tensor& hard_count, const at::Tensor& pairs, double inv_tau) {
-  return MixArgs<T>{q.data_ptr<T>(), neg.data_ptr<T>(), alpha.data_ptr<T>(), hard_idx.data_ptr<int64_t>(),
+MixArgs<T> mix_args(const at::Tensor& q, const at::Tensor& neg, const at::Tensor& scale, const at::Tensor& alpha,
+                    const at::Tensor& hard_idx, const at::Tensor& hard_count, const at::Tensor& pairs,
+                    double inv_tau) {
+  return MixArgs<T>{q.data_ptr<T>(), neg.data_ptr<T>(), scale.data_ptr<T>(), alpha.data_ptr<T>(), hard_idx.data_ptr<int64_t>(),
                     hard_count.data_ptr<int64_t>(), pairs.data_ptr<int64_t>(), q.size(0), neg.size(0), q.size(1),
                     hard_idx.size(1), pairs.size(1), static_cast<T>(inv_tau)};
 }
 
-at::Tensor mixed_logits_cpu(const at::Tensor& q_in, const at::Tensor& neg_in, const at::Tensor& alpha_in,
-                            const at::Tensor& hard_idx_in, const at::Tensor& hard_count_in, const at::Tensor& pairs_in,
-                            double inv_tau) {
-  check_mixed_inputs(q_in, neg_in, alpha_in, hard_idx_in, hard_count_in, pairs_in, at::kCPU);
+at::Tensor mixed_logits_cpu(const at::Tensor& q_in, const at::Tensor& neg_in, const at::Tensor& scale_in,
+                            const at::Tensor& alpha_in, const at::Tensor& hard_idx_in, const at::Tensor& hard_count_in,
+                            const at::Tensor& pairs_in, double inv_tau) {
+  check_mixed_inputs(q_in, neg_in, scale_in, alpha_in, hard_idx_in, hard_count_in, pairs_in, at::kCPU);
   const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous(), alpha = alpha_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous();
   const at::Tensor hard_idx = hard_idx_in.contiguous(), hard_count = hard_count_in.contiguous();
   const at::Tensor pairs = pairs_in.contiguous();
   at::Tensor out = at::empty({pairs.size(0), pairs.size(1)}, q.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mixed_logits_cpu", [&] {
-    const MixArgs<scalar_t> a = mix_args<scalar_t>(q, neg, alpha, hard_idx, hard_count, pairs, inv_tau);
+    const MixArgs<scalar_t> a = mix_args<scalar_t>(q, neg, scale, alpha, hard_idx, hard_count, pairs, inv_tau);
     scalar_t* o = out.data_ptr<scalar_t>();
     AFFSEG_DISPATCH_ISA(isa::Loops::mixed<scalar_t>(a, o));
   });
@@ -665,16 +688,17 @@ at::Tensor mixed_logits_cpu(const at::Tensor& q_in, const at::Tensor& neg_in, co
 }
 
 at::Tensor mixed_logits_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& neg_in,
-                                const at::Tensor& alpha_in, const at::Tensor& hard_idx_in,
+                                const at::Tensor& scale_in, const at::Tensor& alpha_in, const at::Tensor& hard_idx_in,
                                 const at::Tensor& hard_count_in, const at::Tensor& pairs_in, double inv_tau) {
-  check_mixed_bwd_inputs(grad_in, q_in, neg_in, alpha_in, hard_idx_in, hard_count_in, pairs_in, at::kCPU);
+  check_mixed_bwd_inputs(grad_in, q_in, neg_in, scale_in, alpha_in, hard_idx_in, hard_count_in, pairs_in, at::kCPU);
   const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous(), alpha = alpha_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous();
   const at::Tensor hard_idx = hard_idx_in.contiguous(), hard_count = hard_count_in.contiguous();
   const at::Tensor pairs = pairs_in.contiguous(), grad = grad_in.contiguous();
   at::Tensor grad_q = at::zeros_like(q);
   if (grad_q.numel() == 0) return grad_q;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mixed_logits_bwd_cpu", [&] {
-    const MixArgs<scalar_t> a = mix_args<scalar_t>(q, neg, alpha, hard_idx, hard_count, pairs, inv_tau);
+    const MixArgs<scalar_t> a = mix_args<scalar_t>(q, neg, scale, alpha, hard_idx, hard_count, pairs, inv_tau);
     const scalar_t* g = grad.data_ptr<scalar_t>();
     scalar_t* o = grad_q.data_ptr<scalar_t>();
     AFFSEG_DISPATCH_ISA(isa::Loops::mixed_bwd<scalar_t>(a, g, o));

@@ -67,10 +67,11 @@ at::Tensor affinity_matrix_bwd_cuda(const at::Tensor& grad_in, const at::Tensor&
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negatives_cuda(const at::Tensor& q_in, const at::Tensor& neg_in,
+                                                                   const at::Tensor& scale_in,
                                                                    const at::Tensor& q_cls_in,
                                                                    const at::Tensor& neg_cls_in, double inv_tau,
                                                                    int64_t n_hard, bool use_classes) {
-  check_hard_inputs(q_in, neg_in, q_cls_in, neg_cls_in, at::kCUDA, "hard_negatives");
+  check_hard_inputs(q_in, neg_in, scale_in, q_cls_in, neg_cls_in, at::kCUDA, "hard_negatives");
   TORCH_CHECK(n_hard >= 0, "hard_negatives: n_hard must be >= 0, got ", n_hard);
   check_queue_limits(q_in, neg_in, "hard_negatives");
   const int64_t B = q_in.size(0), Q = neg_in.size(0), C = q_in.size(1);
@@ -78,14 +79,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negatives_cuda(const at::Ten
   TORCH_CHECK(H <= cuda::kAgclMaxHard, "the CUDA hard_negatives kernel takes min(n_hard, Q) <= ",
               cuda::kAgclMaxHard, ", got ", H);
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous();
+  const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous(), scale = scale_in.contiguous();
   const at::Tensor q_cls = q_cls_in.contiguous(), neg_cls = neg_cls_in.contiguous();
   at::Tensor lse = at::empty({B}, q.options());
   at::Tensor idx = at::empty({B, H}, q_cls.options());
   at::Tensor count = at::empty({B}, q_cls.options());
   if (B == 0) return {lse, idx, count};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "hard_negatives_cuda", [&] {
-    cuda::hard_negatives_launch<scalar_t>(q.data_ptr<scalar_t>(), neg.data_ptr<scalar_t>(),
+    cuda::hard_negatives_launch<scalar_t>(q.data_ptr<scalar_t>(), neg.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
                                           q_cls.data_ptr<int64_t>(), neg_cls.data_ptr<int64_t>(), B, Q, C, H,
                                           static_cast<scalar_t>(inv_tau), use_classes, lse.data_ptr<scalar_t>(),
                                           idx.data_ptr<int64_t>(), count.data_ptr<int64_t>(),
@@ -96,18 +97,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_negatives_cuda(const at::Ten
 }
 
 at::Tensor queue_lse_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& neg_in,
-                              const at::Tensor& q_cls_in, const at::Tensor& neg_cls_in, const at::Tensor& lse_in,
+                              const at::Tensor& scale_in, const at::Tensor& q_cls_in, const at::Tensor& neg_cls_in, const at::Tensor& lse_in,
                               double inv_tau, bool use_classes) {
-  check_queue_lse_bwd_inputs(grad_in, q_in, neg_in, q_cls_in, neg_cls_in, lse_in, at::kCUDA);
+  check_queue_lse_bwd_inputs(grad_in, q_in, neg_in, scale_in, q_cls_in, neg_cls_in, lse_in, at::kCUDA);
   check_queue_limits(q_in, neg_in, "queue_lse_bwd");
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous(), grad = grad_in.contiguous();
   const at::Tensor q_cls = q_cls_in.contiguous(), neg_cls = neg_cls_in.contiguous(), lse = lse_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous();
   at::Tensor grad_q = at::empty_like(q);  // the kernel writes every element
   if (grad_q.numel() == 0) return grad_q;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "queue_lse_bwd_cuda", [&] {
     cuda::queue_lse_bwd_launch<scalar_t>(grad.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), neg.data_ptr<scalar_t>(),
-                                         q_cls.data_ptr<int64_t>(), neg_cls.data_ptr<int64_t>(),
+                                         scale.data_ptr<scalar_t>(), q_cls.data_ptr<int64_t>(), neg_cls.data_ptr<int64_t>(),
                                          lse.data_ptr<scalar_t>(), q.size(0), neg.size(0), q.size(1),
                                          static_cast<scalar_t>(inv_tau), use_classes, grad_q.data_ptr<scalar_t>(),
                                          c10::cuda::getCurrentCUDAStream());
@@ -116,19 +118,22 @@ at::Tensor queue_lse_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& q_in,
   return grad_q;
 }
 
-at::Tensor mixed_logits_cuda(const at::Tensor& q_in, const at::Tensor& neg_in, const at::Tensor& alpha_in,
+at::Tensor mixed_logits_cuda(const at::Tensor& q_in, const at::Tensor& neg_in, const at::Tensor& scale_in,
+                             const at::Tensor& alpha_in,
                              const at::Tensor& hard_idx_in, const at::Tensor& hard_count_in,
                              const at::Tensor& pairs_in, double inv_tau) {
-  check_mixed_inputs(q_in, neg_in, alpha_in, hard_idx_in, hard_count_in, pairs_in, at::kCUDA);
+  check_mixed_inputs(q_in, neg_in, scale_in, alpha_in, hard_idx_in, hard_count_in, pairs_in, at::kCUDA);
   check_queue_limits(q_in, neg_in, "mixed_logits");
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous(), alpha = alpha_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous();
   const at::Tensor hard_idx = hard_idx_in.contiguous(), hard_count = hard_count_in.contiguous();
   const at::Tensor pairs = pairs_in.contiguous();
   at::Tensor out = at::empty({pairs.size(0), pairs.size(1)}, q.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mixed_logits_cuda", [&] {
-    cuda::mixed_logits_launch<scalar_t>(q.data_ptr<scalar_t>(), neg.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(),
+    cuda::mixed_logits_launch<scalar_t>(q.data_ptr<scalar_t>(), neg.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
+                                        alpha.data_ptr<scalar_t>(),
                                         hard_idx.data_ptr<int64_t>(), hard_count.data_ptr<int64_t>(),
                                         pairs.data_ptr<int64_t>(), q.size(0), neg.size(0), q.size(1),
                                         hard_idx.size(1), pairs.size(1), static_cast<scalar_t>(inv_tau),
@@ -139,19 +144,21 @@ at::Tensor mixed_logits_cuda(const at::Tensor& q_in, const at::Tensor& neg_in, c
 }
 
 at::Tensor mixed_logits_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& neg_in,
-                                 const at::Tensor& alpha_in, const at::Tensor& hard_idx_in,
+                                 const at::Tensor& scale_in, const at::Tensor& alpha_in, const at::Tensor& hard_idx_in,
                                  const at::Tensor& hard_count_in, const at::Tensor& pairs_in, double inv_tau) {
-  check_mixed_bwd_inputs(grad_in, q_in, neg_in, alpha_in, hard_idx_in, hard_count_in, pairs_in, at::kCUDA);
+  check_mixed_bwd_inputs(grad_in, q_in, neg_in, scale_in, alpha_in, hard_idx_in, hard_count_in, pairs_in, at::kCUDA);
   check_queue_limits(q_in, neg_in, "mixed_logits_bwd");
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = q_in.contiguous(), neg = neg_in.contiguous(), alpha = alpha_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous();
   const at::Tensor hard_idx = hard_idx_in.contiguous(), hard_count = hard_count_in.contiguous();
   const at::Tensor pairs = pairs_in.contiguous(), grad = grad_in.contiguous();
   at::Tensor grad_q = at::empty_like(q);  // the kernel writes every element
   if (grad_q.numel() == 0) return grad_q;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mixed_logits_bwd_cuda", [&] {
     cuda::mixed_logits_bwd_launch<scalar_t>(
-        grad.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), neg.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(),
+        grad.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), neg.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
+        alpha.data_ptr<scalar_t>(),
         hard_idx.data_ptr<int64_t>(), hard_count.data_ptr<int64_t>(), pairs.data_ptr<int64_t>(), q.size(0),
         neg.size(0), q.size(1), hard_idx.size(1), pairs.size(1), static_cast<scalar_t>(inv_tau),
         grad_q.data_ptr<scalar_t>(), c10::cuda::getCurrentCUDAStream());

@@ -8,8 +8,9 @@
 //   32 columns (deterministic, no atomics) and sweeps all rows in 32-row tiles: the tile's weights
 //   w_ij = gA_ij·A_ij go to shared memory, then thread (j, lane) accumulates the dimensions d ≡ lane
 //   (mod 8) of column j in registers. Reads N·M + (N + M)·D, writes M·D; ~6·N·M·D flops + N·M exps.
-// hard_negatives: one block per query streams the queue in chunks of 256 entries: warp w computes the
-//   dots of entries w·32 .. w·32 + 31 (lanes over channels, coalesced, then a butterfly reduction),
+// hard_negatives: one block per query streams the raw queue in chunks of 256 entries: warp w computes
+//   the dots of entries w·32 .. w·32 + 31 (lanes over channels, coalesced, then a butterfly reduction),
+//   times neg_scale (the unit rows are s·n; no normalised copy of the queue exists),
 //   each thread then owns one entry: an online log-sum-exp per thread (merged over the block at the
 //   end), and entries that rank before the current H-th best are appended to a shared candidate
 //   buffer behind the top list. When the buffer could overflow, the list + buffer (next_pow2(H + 256)
@@ -19,7 +20,7 @@
 //   memory and thread c accumulates Σ w_n n_nc in registers (one owner per output: deterministic).
 //   Reads 2·B·Q·C, writes B·C; 4·B·Q·C flops + B·Q exps.
 // mixed_logits(_bwd): one block per query, one warp per pair: five C-long dots (q·n_i, q·n_j, n_i·n_j,
-//   ‖n_i‖², ‖n_j‖²), no mixed vector. The backward's per-pair coefficients go to shared memory and the
+//   ‖n_i‖², ‖n_j‖²) of the raw rows, scaled by agcl::unit_pair_dots, no mixed vector. The backward's per-pair coefficients go to shared memory and the
 //   block accumulates ci n_i + cj n_j per channel in pair order (deterministic). ~10·B·P·C flops.
 //
 // Limits (agcl_kernels.h, checked by agcl.cu): D ≤ kAffinityMaxDim = 64, N ≤ kAffinityMaxRows;
@@ -198,7 +199,7 @@ __device__ void bitonic_sort(T* dot, int* idx, int S) {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    hard_negatives_kernel(const T* __restrict__ q, const T* __restrict__ neg, const int64_t* __restrict__ q_cls,
+    hard_negatives_kernel(const T* __restrict__ q, const T* __restrict__ neg, const T* __restrict__ neg_scale, const int64_t* __restrict__ q_cls,
                           const int64_t* __restrict__ neg_cls, int64_t Q, int C, int H, int S, T inv_tau,
                           bool use_classes, T* __restrict__ lse, int64_t* __restrict__ hard_idx,
                           int64_t* __restrict__ hard_count) {
@@ -220,8 +221,9 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   agcl::Lse<T> st = agcl::lse_empty<T>();
   for (int64_t n0 = 0; n0 < Q; n0 += kThreads) {
-    const T dot = chunk_dot(neg, qs, n0, Q, C);
     const int64_t n = n0 + tid;
+    // The dot with the unit row n̂ = s·n: the queue is never copied normalised.
+    const T dot = chunk_dot(neg, qs, n0, Q, C) * (n < Q ? neg_scale[n] : T(0));
     const bool valid = n < Q && (!use_classes || neg_cls[n] != qc);
     st = agcl::lse_push(st, valid ? dot * inv_tau : agcl::neg_inf<T>());
     if (H == 0) continue;
@@ -267,7 +269,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    queue_lse_bwd_kernel(const T* __restrict__ grad, const T* __restrict__ q, const T* __restrict__ neg,
+    queue_lse_bwd_kernel(const T* __restrict__ grad, const T* __restrict__ q, const T* __restrict__ neg, const T* __restrict__ neg_scale,
                          const int64_t* __restrict__ q_cls, const int64_t* __restrict__ neg_cls,
                          const T* __restrict__ lse, int64_t Q, int C, T inv_tau, bool use_classes,
                          T* __restrict__ grad_q) {
@@ -284,10 +286,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < kDimPerThread; ++r) acc[r] = T(0);
   __syncthreads();
   for (int64_t n0 = 0; live && n0 < Q; n0 += kThreads) {
-    const T dot = chunk_dot(neg, qs, n0, Q, C);
     const int64_t n = n0 + tid;
+    const T sc = n < Q ? neg_scale[n] : T(0);
+    const T dot = chunk_dot(neg, qs, n0, Q, C) * sc;
     const bool valid = n < Q && (!use_classes || neg_cls[n] != qc);
-    ws[tid] = valid ? agcl::queue_weight(dot * inv_tau, l) : T(0);
+    // The raw row is accumulated below, so its weight carries the row's scale.
+    ws[tid] = (valid ? agcl::queue_weight(dot * inv_tau, l) : T(0)) * sc;  // 0·NaN as in the CPU kernel
     __syncthreads();
     const int width = Q - n0 < kThreads ? static_cast<int>(Q - n0) : kThreads;
     const T* rows = neg + n0 * C;
@@ -353,7 +357,7 @@ __device__ __forceinline__ void pair_dots(const T* __restrict__ qb, const T* __r
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    mixed_logits_kernel(const T* __restrict__ q, const T* __restrict__ neg, const T* __restrict__ alpha,
+    mixed_logits_kernel(const T* __restrict__ q, const T* __restrict__ neg, const T* __restrict__ neg_scale, const T* __restrict__ alpha,
                         const int64_t* __restrict__ hard_idx, const int64_t* __restrict__ hard_count,
                         const int64_t* __restrict__ pairs, int64_t Q, int C, int64_t H, int64_t P, T inv_tau,
                         T* __restrict__ out) {
@@ -365,6 +369,7 @@ __global__ void __launch_bounds__(kThreads)
     if (pr.ok) {  // warp-uniform
       T d[5];
       pair_dots(q + b * C, neg + pr.i * C, neg + pr.j * C, C, d);
+      agcl::unit_pair_dots(d, neg_scale[pr.i], neg_scale[pr.j]);
       const T al = alpha[pr.i];
       v = agcl::mixed_logit(al, d[0], d[1], agcl::mix_inv_norm(al, d[3], d[4], d[2]), inv_tau);
     }
@@ -374,7 +379,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    mixed_logits_bwd_kernel(const T* __restrict__ grad, const T* __restrict__ q, const T* __restrict__ neg,
+    mixed_logits_bwd_kernel(const T* __restrict__ grad, const T* __restrict__ q, const T* __restrict__ neg, const T* __restrict__ neg_scale,
                             const T* __restrict__ alpha, const int64_t* __restrict__ hard_idx,
                             const int64_t* __restrict__ hard_count, const int64_t* __restrict__ pairs, int64_t Q,
                             int C, int64_t H, int64_t P, T inv_tau, T* __restrict__ grad_q) {
@@ -392,10 +397,12 @@ __global__ void __launch_bounds__(kThreads)
     if (pr.ok) {  // warp-uniform
       T d[5];
       pair_dots(q + b * C, neg + pr.i * C, neg + pr.j * C, C, d);
+      const T s_i = neg_scale[pr.i], s_j = neg_scale[pr.j];
+      agcl::unit_pair_dots(d, s_i, s_j);
       const T al = alpha[pr.i];
       const T scale = grad[b * P + p] * inv_tau * agcl::mix_inv_norm(al, d[3], d[4], d[2]);
-      ci = scale * al;
-      cj = scale * (T(1) - al);
+      ci = scale * al * s_i;  // raw rows are accumulated below
+      cj = scale * (T(1) - al) * s_j;
     }
     if (lane == 0) {
       coef_i[warp] = ci;
@@ -451,56 +458,56 @@ void affinity_bwd_launch(const T* grad_a, const T* y_t, const T* y_s, int64_t N,
 }
 
 template <typename T>
-void hard_negatives_launch(const T* q, const T* neg, const int64_t* q_cls, const int64_t* neg_cls, int64_t B,
+void hard_negatives_launch(const T* q, const T* neg, const T* neg_scale, const int64_t* q_cls, const int64_t* neg_cls, int64_t B,
                            int64_t Q, int64_t C, int64_t H, T inv_tau, bool use_classes, T* lse, int64_t* hard_idx,
                            int64_t* hard_count, cudaStream_t stream) {
   if (B == 0) return;
   const int S = next_pow2(H + kThreads);
   hard_negatives_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
-      q, neg, q_cls, neg_cls, Q, static_cast<int>(C), static_cast<int>(H), S, inv_tau, use_classes, lse, hard_idx,
+      q, neg, neg_scale, q_cls, neg_cls, Q, static_cast<int>(C), static_cast<int>(H), S, inv_tau, use_classes, lse, hard_idx,
       hard_count);
 }
 
 template <typename T>
-void queue_lse_bwd_launch(const T* grad_lse, const T* q, const T* neg, const int64_t* q_cls, const int64_t* neg_cls,
+void queue_lse_bwd_launch(const T* grad_lse, const T* q, const T* neg, const T* neg_scale, const int64_t* q_cls, const int64_t* neg_cls,
                           const T* lse, int64_t B, int64_t Q, int64_t C, T inv_tau, bool use_classes, T* grad_q,
                           cudaStream_t stream) {
   if (B == 0 || C == 0) return;
   queue_lse_bwd_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
-      grad_lse, q, neg, q_cls, neg_cls, lse, Q, static_cast<int>(C), inv_tau, use_classes, grad_q);
+      grad_lse, q, neg, neg_scale, q_cls, neg_cls, lse, Q, static_cast<int>(C), inv_tau, use_classes, grad_q);
 }
 
 template <typename T>
-void mixed_logits_launch(const T* q, const T* neg, const T* alpha, const int64_t* hard_idx, const int64_t* hard_count,
+void mixed_logits_launch(const T* q, const T* neg, const T* neg_scale, const T* alpha, const int64_t* hard_idx, const int64_t* hard_count,
                          const int64_t* pairs, int64_t B, int64_t Q, int64_t C, int64_t H, int64_t P, T inv_tau,
                          T* out, cudaStream_t stream) {
   if (B == 0 || P == 0) return;
-  mixed_logits_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(q, neg, alpha, hard_idx, hard_count,
+  mixed_logits_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(q, neg, neg_scale, alpha, hard_idx, hard_count,
                                                                              pairs, Q, static_cast<int>(C), H, P,
                                                                              inv_tau, out);
 }
 
 template <typename T>
-void mixed_logits_bwd_launch(const T* grad, const T* q, const T* neg, const T* alpha, const int64_t* hard_idx,
+void mixed_logits_bwd_launch(const T* grad, const T* q, const T* neg, const T* neg_scale, const T* alpha, const int64_t* hard_idx,
                              const int64_t* hard_count, const int64_t* pairs, int64_t B, int64_t Q, int64_t C,
                              int64_t H, int64_t P, T inv_tau, T* grad_q, cudaStream_t stream) {
   if (B == 0 || C == 0) return;
   mixed_logits_bwd_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
-      grad, q, neg, alpha, hard_idx, hard_count, pairs, Q, static_cast<int>(C), H, P, inv_tau, grad_q);
+      grad, q, neg, neg_scale, alpha, hard_idx, hard_count, pairs, Q, static_cast<int>(C), H, P, inv_tau, grad_q);
 }
 
 #define AFFSEG_AGCL_INSTANTIATE(T)                                                                                  \
   template void affinity_fwd_launch<T>(const T*, const T*, int64_t, int64_t, int64_t, T, bool, T*, cudaStream_t);  \
   template void affinity_bwd_launch<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T, bool, T*,       \
                                        cudaStream_t);                                                               \
-  template void hard_negatives_launch<T>(const T*, const T*, const int64_t*, const int64_t*, int64_t, int64_t,     \
+  template void hard_negatives_launch<T>(const T*, const T*, const T*, const int64_t*, const int64_t*, int64_t, int64_t,     \
                                          int64_t, int64_t, T, bool, T*, int64_t*, int64_t*, cudaStream_t);          \
-  template void queue_lse_bwd_launch<T>(const T*, const T*, const T*, const int64_t*, const int64_t*, const T*,    \
+  template void queue_lse_bwd_launch<T>(const T*, const T*, const T*, const T*, const int64_t*, const int64_t*, const T*,    \
                                         int64_t, int64_t, int64_t, T, bool, T*, cudaStream_t);                      \
-  template void mixed_logits_launch<T>(const T*, const T*, const T*, const int64_t*, const int64_t*,               \
+  template void mixed_logits_launch<T>(const T*, const T*, const T*, const T*, const int64_t*, const int64_t*,               \
                                        const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t, T, T*,          \
                                        cudaStream_t);                                                               \
-  template void mixed_logits_bwd_launch<T>(const T*, const T*, const T*, const T*, const int64_t*, const int64_t*, \
+  template void mixed_logits_bwd_launch<T>(const T*, const T*, const T*, const T*, const T*, const int64_t*, const int64_t*, \
                                            const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t, T, T*,      \
                                            cudaStream_t);
 AFFSEG_AGCL_INSTANTIATE(float)

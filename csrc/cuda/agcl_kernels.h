@@ -34,25 +34,25 @@ void affinity_bwd_launch(const T* grad_a, const T* y_t, const T* y_s, int64_t N,
 // q (B, C), neg (Q, C), q_cls (B,), neg_cls (Q,) -> lse (B,), hard_idx (B, H), hard_count (B,);
 // H = min(n_hard, Q) ≤ kAgclMaxHard.
 template <typename T>
-void hard_negatives_launch(const T* q, const T* neg, const int64_t* q_cls, const int64_t* neg_cls, int64_t B,
+void hard_negatives_launch(const T* q, const T* neg, const T* neg_scale, const int64_t* q_cls, const int64_t* neg_cls, int64_t B,
                            int64_t Q, int64_t C, int64_t H, T inv_tau, bool use_classes, T* lse, int64_t* hard_idx,
                            int64_t* hard_count, cudaStream_t stream);
 
 // grad_lse (B,), lse (B,) -> grad_q (B, C), every element written.
 template <typename T>
-void queue_lse_bwd_launch(const T* grad_lse, const T* q, const T* neg, const int64_t* q_cls, const int64_t* neg_cls,
+void queue_lse_bwd_launch(const T* grad_lse, const T* q, const T* neg, const T* neg_scale, const int64_t* q_cls, const int64_t* neg_cls,
                           const T* lse, int64_t B, int64_t Q, int64_t C, T inv_tau, bool use_classes, T* grad_q,
                           cudaStream_t stream);
 
 // alpha (Q,), hard_idx (B, H), hard_count (B,), pairs (B, P, 2) -> logits (B, P).
 template <typename T>
-void mixed_logits_launch(const T* q, const T* neg, const T* alpha, const int64_t* hard_idx, const int64_t* hard_count,
+void mixed_logits_launch(const T* q, const T* neg, const T* neg_scale, const T* alpha, const int64_t* hard_idx, const int64_t* hard_count,
                          const int64_t* pairs, int64_t B, int64_t Q, int64_t C, int64_t H, int64_t P, T inv_tau,
                          T* out, cudaStream_t stream);
 
 // grad (B, P) -> grad_q (B, C), every element written.
 template <typename T>
-void mixed_logits_bwd_launch(const T* grad, const T* q, const T* neg, const T* alpha, const int64_t* hard_idx,
+void mixed_logits_bwd_launch(const T* grad, const T* q, const T* neg, const T* neg_scale, const T* alpha, const int64_t* hard_idx,
                              const int64_t* hard_count, const int64_t* pairs, int64_t B, int64_t Q, int64_t C,
                              int64_t H, int64_t P, T inv_tau, T* grad_q, cudaStream_t stream);
 

@@ -136,6 +136,18 @@ AFFSEG_HD T mix_inv_norm(T alpha, T ni_ni, T nj_nj, T ni_nj) {
   return T(1) / (norm < eps ? eps : norm);
 }
 
+// The pair's five dots (q·n_i, q·n_j, n_i·n_j, ‖n_i‖², ‖n_j‖²) of the raw queue rows, turned into
+// those of the unit rows n̂ = s·n (s_i = 1 / max(‖n_i‖, eps), one per queue entry): the queue is
+// never copied normalised.
+template <typename T>
+AFFSEG_HD void unit_pair_dots(T d[5], T s_i, T s_j) {
+  d[0] *= s_i;
+  d[1] *= s_j;
+  d[2] *= s_i * s_j;
+  d[3] *= s_i * s_i;
+  d[4] *= s_j * s_j;
+}
+
 template <typename T>
 AFFSEG_HD T mixed_logit(T alpha, T q_ni, T q_nj, T inv_norm, T inv_tau) {
   return (alpha * q_ni + (T(1) - alpha) * q_nj) * inv_norm * inv_tau;

@@ -86,20 +86,27 @@ inline void check_affinity_bwd_inputs(const at::Tensor& grad_a, const at::Tensor
   check_same_device(device, {&grad_a, &y_t}, "affinity_matrix_bwd");
 }
 
-// hard_negatives / queue_lse_bwd / mixed_logits: q (B, C), neg (Q, C) of one floating dtype.
-inline void check_query_queue(const at::Tensor& q, const at::Tensor& neg, const char* op) {
+// hard_negatives / queue_lse_bwd / mixed_logits: q (B, C), neg (Q, C) and neg_scale (Q,) of one
+// floating dtype.
+inline void check_query_queue(const at::Tensor& q, const at::Tensor& neg, const at::Tensor& neg_scale,
+                              at::DeviceType device, const char* op) {
   AFFSEG_CHECK_FLOAT(q);
   AFFSEG_CHECK_SAME_DTYPE(q, neg);
+  AFFSEG_CHECK_SAME_DTYPE(q, neg_scale);
   AFFSEG_CHECK_DIM(q, 2);
   AFFSEG_CHECK_DIM(neg, 2);
   TORCH_CHECK(q.size(1) == neg.size(1), op, ": q (B, C) and neg (Q, C) must share C, got ", q.sizes(), " and ",
               neg.sizes());
+  TORCH_CHECK(neg_scale.dim() == 1 && neg_scale.size(0) == neg.size(0), op, ": neg_scale must be (Q,) = (",
+              neg.size(0), ",), got ", neg_scale.sizes());
+  check_same_device(device, {&q, &neg, &neg_scale}, op);
 }
 
 // q_cls (B,) and neg_cls (Q,) int64, always given (read only with use_classes).
-inline void check_hard_inputs(const at::Tensor& q, const at::Tensor& neg, const at::Tensor& q_cls,
-                              const at::Tensor& neg_cls, at::DeviceType device, const char* op) {
-  check_query_queue(q, neg, op);
+inline void check_hard_inputs(const at::Tensor& q, const at::Tensor& neg, const at::Tensor& neg_scale,
+                              const at::Tensor& q_cls, const at::Tensor& neg_cls, at::DeviceType device,
+                              const char* op) {
+  check_query_queue(q, neg, neg_scale, device, op);
   TORCH_CHECK(q_cls.scalar_type() == at::kLong && neg_cls.scalar_type() == at::kLong, op,
               ": q_cls and neg_cls must be int64");
   TORCH_CHECK(q_cls.dim() == 1 && q_cls.size(0) == q.size(0), op, ": q_cls must be (B,) = (", q.size(0), ",), got ",
@@ -110,9 +117,9 @@ inline void check_hard_inputs(const at::Tensor& q, const at::Tensor& neg, const 
 }
 
 inline void check_queue_lse_bwd_inputs(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& neg,
-                                       const at::Tensor& q_cls, const at::Tensor& neg_cls, const at::Tensor& lse,
-                                       at::DeviceType device) {
-  check_hard_inputs(q, neg, q_cls, neg_cls, device, "queue_lse_bwd");
+                                       const at::Tensor& neg_scale, const at::Tensor& q_cls,
+                                       const at::Tensor& neg_cls, const at::Tensor& lse, at::DeviceType device) {
+  check_hard_inputs(q, neg, neg_scale, q_cls, neg_cls, device, "queue_lse_bwd");
   AFFSEG_CHECK_SAME_DTYPE(grad, q);
   AFFSEG_CHECK_SAME_DTYPE(lse, q);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == q.size(0) && lse.dim() == 1 && lse.size(0) == q.size(0),
@@ -122,10 +129,10 @@ inline void check_queue_lse_bwd_inputs(const at::Tensor& grad, const at::Tensor&
 
 // mixed_logits / mixed_logits_bwd: alpha (Q,) of q's dtype; hard_idx (B, H), hard_count (B,), pairs
 // (B, P, 2) int64; grad (B, P).
-inline void check_mixed_inputs(const at::Tensor& q, const at::Tensor& neg, const at::Tensor& alpha,
-                               const at::Tensor& hard_idx, const at::Tensor& hard_count, const at::Tensor& pairs,
-                               at::DeviceType device) {
-  check_query_queue(q, neg, "mixed_logits");
+inline void check_mixed_inputs(const at::Tensor& q, const at::Tensor& neg, const at::Tensor& neg_scale,
+                               const at::Tensor& alpha, const at::Tensor& hard_idx, const at::Tensor& hard_count,
+                               const at::Tensor& pairs, at::DeviceType device) {
+  check_query_queue(q, neg, neg_scale, device, "mixed_logits");
   AFFSEG_CHECK_SAME_DTYPE(alpha, q);
   TORCH_CHECK(alpha.dim() == 1 && alpha.size(0) == neg.size(0), "mixed_logits: alpha must be (Q,) = (",
               neg.size(0), ",), got ", alpha.sizes());
@@ -143,9 +150,9 @@ inline void check_mixed_inputs(const at::Tensor& q, const at::Tensor& neg, const
 }
 
 inline void check_mixed_bwd_inputs(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& neg,
-                                   const at::Tensor& alpha, const at::Tensor& hard_idx, const at::Tensor& hard_count,
-                                   const at::Tensor& pairs, at::DeviceType device) {
-  check_mixed_inputs(q, neg, alpha, hard_idx, hard_count, pairs, device);
+                                   const at::Tensor& neg_scale, const at::Tensor& alpha, const at::Tensor& hard_idx,
+                                   const at::Tensor& hard_count, const at::Tensor& pairs, at::DeviceType device) {
+  check_mixed_inputs(q, neg, neg_scale, alpha, hard_idx, hard_count, pairs, device);
   AFFSEG_CHECK_SAME_DTYPE(grad, q);
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == pairs.size(0) && grad.size(1) == pairs.size(1),
               "mixed_logits_bwd: grad_logits must be (B, P), got ", grad.sizes());
