@@ -98,7 +98,8 @@ def _extension():
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it for cuda_decision
     setup(
-        packages=["affseg", "affseg.functional", "affseg._ops", "affseg.nn", "affseg.kernels"],
+        packages=["affseg", "affseg.functional", "affseg._ops", "affseg.nn", "affseg.kernels", "affseg.data",
+                  "affseg.models", "affseg.train"],
         package_dir={"affseg.kernels": "kernels"},
         ext_modules=[_extension()],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -5,7 +5,7 @@ Semi-AGCL affinity-graph losses (BIBM 2024), with C++ (CPU, CUDA) and Triton ker
 functional API. See SPEC.md-derived docs in the README.
 """
 from affseg import _extension, _ops  # noqa: F401  (load _C and register fake/autograd kernels)
-from affseg import nn, reference
+from affseg import models, nn, reference
 from affseg._types import PatchSample, PatchStats
 from affseg.functional import (
     affinity_graph_loss,
@@ -30,6 +30,7 @@ __all__ = [
     "affinity_graph_loss",
     "grid_centers",
     "mixed_negative_infonce",
+    "models",
     "nn",
     "patch_affinity",
     "patch_embed",

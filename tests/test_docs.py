@@ -9,8 +9,9 @@ import torch
 import affseg
 from affseg import reference
 
-PUBLIC = [(name, getattr(affseg, name)) for name in affseg.__all__ if name not in ("nn", "reference")]
+PUBLIC = [(name, getattr(affseg, name)) for name in affseg.__all__ if name not in ("models", "nn", "reference")]
 PUBLIC += [(f"nn.{name}", getattr(affseg.nn, name)) for name in affseg.nn.__all__]
+PUBLIC += [(f"models.{name}", getattr(affseg.models, name)) for name in affseg.models.__all__]
 SECTIONS = ("Args:", "Returns:", "Shape:", "Raises:", "Example:")
 
 

@@ -1,0 +1,3 @@
+from affseg.train.runner import main
+
+raise SystemExit(main())
