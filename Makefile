@@ -1,4 +1,5 @@
-# The README's two entry points: `make run` (the main job) and `make test` (what CI runs). Each one
+# The README's two entry points: `make run` (the main job: `affseg demo`, then `affseg bench --quick`)
+# and `make test` (what CI runs). Each one
 # creates .venv and installs affseg into it on first use, and rebuilds the extension when csrc/
 # changes. `make bench` rewrites benchmarks/RESULTS.md.
 PYTHON ?= python3
@@ -16,9 +17,7 @@ $(STAMP): $(SOURCES)
 	touch $@
 
 run: $(STAMP)
-	$(VENV)/bin/affseg info
-	$(VENV)/bin/affseg example
-	$(VENV)/bin/affseg bench --quick
+	$(VENV)/bin/affseg demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

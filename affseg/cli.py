@@ -1,4 +1,4 @@
-"""The `affseg` command line: `affseg info`, `affseg example`, `affseg bench`."""
+"""The `affseg` command line: `affseg info`, `affseg example`, `affseg bench`, `affseg train`, `affseg demo`."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,12 @@ def _bench(args) -> int:
     from affseg.bench import main
 
     return main(device=args.device, quick=args.quick, repeats=args.repeats, csv_path=args.csv)
+
+
+def _demo(args) -> int:
+    from affseg.train.demo import main
+
+    return main(steps=args.steps, out=args.out, seed=args.seed, bench=not args.no_bench, quiet=args.quiet)
 
 
 def _info(args) -> int:
@@ -40,7 +46,23 @@ def main(argv=None) -> int:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--csv", default=None, help="also write the table to this CSV file")
     bench.set_defaults(func=_bench)
-    args = parser.parse_args(argv)
+    train = sub.add_parser("train", help="train and evaluate a method on MNI152 or a folder (see --help)",
+                           add_help=False)
+    train.set_defaults(func=None)
+    demo = sub.add_parser("demo", help="supervised vs PDCR+UAFS vs Semi-AGCL on MNI152 slices, then bench --quick")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-bench", action="store_true", help="skip affseg bench --quick")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=_demo)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":  # its own parser (shared with python -m affseg.train and torchrun)
+        from affseg.train.runner import main as train_main
+
+        return train_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 

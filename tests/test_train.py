@@ -135,3 +135,27 @@ def test_ddp_two_cpu_processes_hold_the_same_weights(tmp_path):
     assert d0 == d1
     saved = _weights(out / "seed0" / "model.pt")
     assert saved and (out / "results.json").exists()
+
+
+def test_demo_runs_its_three_methods(tmp_path, capsys):
+    from affseg.train.demo import DEMO_METHODS, main
+
+    assert main(steps=2, out=str(tmp_path), bench=False, quiet=True) == 0
+    printed = capsys.readouterr().out
+    for method in DEMO_METHODS:
+        assert f"| {method} |" in printed
+    assert "figure:" in printed and (tmp_path / "results.png").exists()
+
+
+def test_cli_dispatches_train(tmp_path):
+    from affseg.cli import main
+
+    assert main(["train", "--method", "uafs", "--steps", "1", "--out", str(tmp_path), *TINY_ARGS]) == 0
+    assert (tmp_path / "results.json").exists()
+
+
+def test_3d_crops_and_sliding_window_evaluation(tmp_path):
+    cfg = TrainConfig(method="pdcr+uafs", dims=3, crop=16, steps=2, out=str(tmp_path), **TINY)
+    (res,) = run(cfg)["runs"]
+    assert len(res["history"]) == 2 and np.isfinite(res["history"][-1]["loss"])
+    assert res["test"]["cases"] >= 1 and res["examples"]["preds"][0].dim() == 3
