@@ -21,7 +21,8 @@ from affseg.train import METHODS, TrainConfig, run  # noqa: E402
 
 TINY = dict(size=32, channels=(4, 8, 16, 32, 64), batch_size=2, agcl_patch=4, agcl_per_class=4, agcl_queue=64,
             agcl_hard=8, agcl_mix=4, quiet=True)
-TINY_ARGS = ["--size", "32", "--channels", "4", "8", "16", "32", "64", "--batch-size", "2", "--quiet"]
+TINY_ARGS = ["--size", "32", "--channels", "4", "8", "16", "32", "64", "--batch-size", "2", "--quiet", "--agcl-patch", "4",
+             "--agcl-per-class", "4", "--agcl-queue", "64", "--agcl-hard", "8", "--agcl-mix", "4"]
 
 
 def _env():
@@ -86,32 +87,29 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed"
     ckpt = killed / "seed0" / "checkpoint.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "affseg.train", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 9:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
-    assert 9 <= killed_at < 30 and not (killed / "seed0" / "model.pt").exists()
+    # A real SIGKILL, sent by the run to itself right after its checkpoint at step >= 12 is on disk
+    # (deterministic, unlike a kill from outside racing the steps).
+    with open(tmp_path / "killed.err", "w") as err:
+        proc = subprocess.run([sys.executable, "-m", "affseg.train", *args, "--out", str(killed)],
+                              stdout=subprocess.DEVNULL, stderr=err, env=dict(_env(), AFFSEG_KILL_AFTER_CHECKPOINT="12"),
+                              timeout=600)
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.err").read_text()[-3000:]
+    state = torch.load(ckpt, weights_only=False)
+    killed_at = state["step"]
+    assert killed_at == 12 and not (killed / "seed0" / "model.pt").exists()
 
     resumed = subprocess.run([sys.executable, "-m", "affseg.train", *args, "--out", str(killed), "--resume"],
                              capture_output=True, text=True, env=_env(), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed semi-agcl seed 0 at step {killed_at}" in resumed.stdout  # not a silent restart from 0
     a, b = _weights(full / "seed0" / "model.pt"), _weights(killed / "seed0" / "model.pt")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     history = lambda p: json.loads((p / "results.json").read_text())["runs"]["semi-agcl"][0]["history"]  # noqa: E731
     assert [h["loss"] for h in history(full)] == [h["loss"] for h in history(killed)]
+    # the first killed_at records are the killed run's own (its clock), kept through the resume
+    assert [h["elapsed"] for h in history(killed)[:killed_at]] == [h["elapsed"] for h in state["history"]]
 
 
 def test_resume_refuses_a_different_configuration(tmp_path):
@@ -132,7 +130,7 @@ def test_ddp_two_cpu_processes_hold_the_same_weights(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     d0 = (out / "seed0" / "weights_rank0.sha256").read_text()
     d1 = (out / "seed0" / "weights_rank1.sha256").read_text()
-    assert d0 == d1
+    assert d0 == d1 and len(d0.split()) == 3  # student, teacher and Semi-AGCL queue
     saved = _weights(out / "seed0" / "model.pt")
     assert saved and (out / "results.json").exists()
 

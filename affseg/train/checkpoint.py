@@ -20,19 +20,20 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def rng_state() -> dict:
-    """The global RNG states a training step draws from."""
+    """The global RNG states a training step draws from (CUDA: the current device's, only once a
+    CUDA context exists, so a CPU run never creates one)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
@@ -57,7 +58,9 @@ def save(path, **state) -> None:
 
 
 def load(path, map_location="cpu") -> dict:
-    """A checkpoint written by :func:`save`; restores the RNG states."""
+    """A checkpoint written by :func:`save`; restores the RNG states. Load on the CPU:
+    ``load_state_dict`` copies each tensor to its parameter's device, and the RNG states must be
+    CPU byte tensors."""
     state = torch.load(path, map_location=map_location, weights_only=False)
     set_rng_state(state.pop("rng"))
     return state

@@ -97,19 +97,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=d.method, choices=METHODS)
     p.add_argument("--data", default=d.data, help="'mni152' (offline template, default) or a folder")
     p.add_argument("--dims", type=int, default=d.dims, choices=(2, 3))
-    p.add_argument("--size", type=int, default=d.size, help="MNI152 slice side / folder resample side")
+    p.add_argument("--size", type=int, default=d.size,
+                   help="2D: slice side (MNI152) or resample side (folder); 3D MNI152: the volume is shrunk by 160 / (2·size)")
     p.add_argument("--crop", type=int, default=d.crop, help="3D training crop side")
     p.add_argument("--label-fraction", type=float, default=d.label_fraction)
     p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps")
-    p.add_argument("--epochs", type=int, default=None, help="instead of --steps: passes over the training set")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="labelled (and unlabelled) images per step")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=d.steps, help="optimiser steps")
+    length.add_argument("--epochs", type=int, default=None, help="instead of --steps: passes over the training set")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="labelled (and unlabelled) images per step and process (under torchrun: per rank)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--channels", type=int, nargs="+", default=list(d.channels))
     p.add_argument("--pdcr-weight", type=float, default=d.pdcr_weight)
     p.add_argument("--pdcr-layer", type=int, default=d.pdcr_layer,
                    help="decoder stage PDCR taps, an index into UNet.feature_layers (-1: full resolution)")
+    p.add_argument("--pdcr-tau", type=float, default=d.pdcr_tau)
+    p.add_argument("--pdcr-windows", type=int, nargs="+", default=list(d.pdcr_windows))
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--consistency", type=float, default=d.consistency, help="mean-teacher MSE weight")
+    p.add_argument("--pseudo-weight", type=float, default=d.pseudo_weight, help="Semi-AGCL pseudo-label Dice+CE weight")
+    p.add_argument("--rampup-fraction", type=float, default=d.rampup_fraction,
+                   help="share of the steps over which the unlabelled terms ramp up")
+    for name in ("agcl_patch", "agcl_per_class", "agcl_queue", "agcl_hard", "agcl_mix"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="steps between checkpoints (default: one epoch)")
     p.add_argument("--device", default=d.device)
@@ -120,10 +132,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> tuple[TrainConfig, int | None]:
+    if args.epochs is not None and args.epochs < 1:
+        raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
     cfg = TrainConfig(
         method=args.method, data=args.data, dims=args.dims, size=args.size, crop=args.crop,
         label_fraction=args.label_fraction, seeds=tuple(args.seeds), steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, channels=tuple(args.channels), pdcr_weight=args.pdcr_weight, pdcr_layer=args.pdcr_layer, ema_decay=args.ema_decay,
+        lr=args.lr, weight_decay=args.weight_decay, channels=tuple(args.channels), pdcr_weight=args.pdcr_weight,
+        pdcr_layer=args.pdcr_layer, pdcr_tau=args.pdcr_tau, pdcr_windows=tuple(args.pdcr_windows),
+        ema_decay=args.ema_decay, consistency=args.consistency, pseudo_weight=args.pseudo_weight,
+        rampup_fraction=args.rampup_fraction, agcl_patch=args.agcl_patch, agcl_per_class=args.agcl_per_class,
+        agcl_queue=args.agcl_queue, agcl_hard=args.agcl_hard, agcl_mix=args.agcl_mix,
         checkpoint_every=args.checkpoint_every, device=args.device, backend=args.backend, out=args.out,
         resume=args.resume, quiet=args.quiet,
     )

@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +61,20 @@ def _barrier(world):
         torch.distributed.barrier()
 
 
+def _seed(*parts) -> int:
+    """A 63-bit seed from integers (numpy's SeedSequence: defined for any ints, unlike hash())."""
+    return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _all_ranks_agree(flag: bool, world: int) -> bool:
+    """True iff ``flag`` holds on every rank (so a failure on one rank stops all, not a hang)."""
+    if world <= 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def _sync_buffers(modules, world):
     """Rank 0's buffers to every rank. DDP broadcasts the BatchNorm statistics at the start of each
     forward, so after the last step each rank holds its own (without SyncBatchNorm, on CPU); this is
@@ -89,7 +105,10 @@ class Run:
         from monai.losses import DiceCELoss
 
         self.cfg, self.data, self.seed, self.rank, self.world, self.device = cfg, data, seed, rank, world, device
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+        if device.type == "cuda":  # bit-exact resume needs deterministic kernels (CPU kernels are)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
         k = data.num_classes
         net = affseg.models.UNet(data.in_channels, k, dims=data.dims, channels=cfg.channels, uafs=cfg.uses_uafs)
         net = net.to(device)
@@ -126,15 +145,19 @@ class Run:
                            if cfg.semi_supervised else None)
         if cfg.semi_supervised and not unlabelled:
             raise ValueError(f"label fraction {cfg.label_fraction} leaves no unlabelled training case")
-        epoch = max(self.lab_stream.steps_per_pass(), self.unl_stream.steps_per_pass() if self.unl_stream else 1)
+        # An epoch: as many steps as one pass over the whole training set takes (labelled or not).
+        epoch = max(1, -(-len(data.train) // (cfg.batch_size * world)))
         self.checkpoint_every = cfg.checkpoint_every or epoch
         self.step, self.history = 0, []
+        self.validate_every = max(self.checkpoint_every, cfg.steps // 5)
+        torch.manual_seed(_seed(seed, rank, 1))  # each rank its own dropout masks
 
     # ---- state
 
     def state(self) -> dict:
         return {
-            "config": self.cfg.identity(), "seed": self.seed, "step": self.step, "history": self.history,
+            "config": self.cfg.identity(), "seed": self.seed, "world_size": self.world, "step": self.step,
+            "history": self.history,
             "model": self.net.state_dict(), "teacher": self.teacher.state_dict() if self.teacher else None,
             "agcl": self.agcl.state_dict() if self.agcl else None,
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
@@ -145,6 +168,9 @@ class Run:
             diff = {k: (state["config"].get(k), v) for k, v in self.cfg.identity().items()
                     if state["config"].get(k) != v}
             raise ValueError(f"--resume: the checkpoint was written by a different configuration {diff}")
+        if state.get("world_size", 1) != self.world:
+            raise ValueError(f"--resume: the checkpoint was written by {state.get('world_size', 1)} processes, this run "
+                             f"has {self.world}; the per-rank batches would differ from the interrupted run's")
         self.net.load_state_dict(state["model"])
         if self.teacher:
             self.teacher.load_state_dict(state["teacher"])
@@ -171,7 +197,7 @@ class Run:
 
     def train_step(self) -> dict:
         cfg, step = self.cfg, self.step
-        gen = torch.Generator().manual_seed(hash((self.seed, step, self.rank)) % (2**63))
+        gen = torch.Generator().manual_seed(_seed(self.seed, step, self.rank))
         x_l, y_l = self._batch(self.data.train, [self.labelled[i] for i in self.lab_stream.indices(step)], gen)
         x_l, y_l = flip(x_l, y_l, gen)
         x_l, y_l = x_l.to(self.device), y_l.to(self.device)
@@ -192,8 +218,11 @@ class Run:
             weak, strong = weak.to(self.device), strong.to(self.device)
             n_l = x_l.shape[0]
             logits = self.model(torch.cat([x_l, strong]))
-            with torch.no_grad():
-                t_logits = self.teacher.teacher(torch.cat([x_l, weak]))
+            with torch.no_grad():  # Semi-AGCL's sampler reads the teacher on the labelled images too
+                t_in = torch.cat([x_l, weak]) if cfg.method == "semi-agcl" else weak
+                t_logits = self.teacher.teacher(t_in)
+                if cfg.method != "semi-agcl":
+                    t_logits = torch.cat([t_logits.new_zeros((n_l,) + t_logits.shape[1:]), t_logits])
             terms["sup"] = self.sup(logits[:n_l], y_l.unsqueeze(1))
             ramp = affseg.nn.agcl.sigmoid_rampup(step, max(1, int(cfg.rampup_fraction * cfg.steps)))
             if cfg.method == "mean-teacher":
@@ -207,14 +236,19 @@ class Run:
                 out = self.agcl(logits, t_logits, self.taps[self.layer], self.teacher_taps[self.layer], labels,
                                 step=step, generator=gen)
                 terms["graph"], terms["mix"] = out["graph"], out["mix"]
-                loss = terms["sup"] + cfg.pseudo_weight * terms["pseudo"] + out["total"]
-        if not torch.isfinite(loss):
+                # The pseudo-labels come from a teacher that starts as a copy of an untrained student:
+                # ramped like the consistency and affinity-graph terms.
+                loss = terms["sup"] + cfg.pseudo_weight * ramp * terms["pseudo"] + out["total"]
+        if not _all_ranks_agree(bool(torch.isfinite(loss)), self.world):
             raise FloatingPointError(f"seed {self.seed}, step {step}: the loss is {loss.item()} ({ {k: float(v) for k, v in terms.items()} })")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.sched.step()
         if self.teacher is not None:
+            # Without SyncBatchNorm each rank's BN statistics are its own until DDP broadcasts rank
+            # 0's at the next forward; the teacher averages that broadcast value on every rank.
+            _sync_buffers([self.net], self.world if self.device.type != "cuda" else 1)
             self.teacher.update(step=step)
         self.taps.clear()
         if self.teacher_taps is not None:
@@ -274,30 +308,41 @@ def train_seed(cfg: TrainConfig, data, seed: int, rank: int = 0, world: int = 1,
     out = Path(cfg.out) / f"seed{seed}"
     run = Run(cfg, data, seed, rank, world, device)
     ckpt = out / checkpoint.CHECKPOINT
+    # Resuming assumes a file system shared by the ranks (every rank reads the one checkpoint).
     if cfg.resume and ckpt.exists():
-        run.restore(checkpoint.load(ckpt, map_location=device))
-    elapsed = run.history[-1].get("elapsed", 0.0) if run.history else 0.0
-    t0 = time.perf_counter() - elapsed
+        run.restore(checkpoint.load(ckpt))
+        if rank == 0:
+            print(f"resumed {cfg.method} seed {seed} at step {run.step}", flush=True)
+    # Training time only: validation and checkpoint writes are outside the clock.
+    train_time = run.history[-1].get("elapsed", 0.0) if run.history else 0.0
+    kill_after = int(os.environ.get("AFFSEG_KILL_AFTER_CHECKPOINT", "0"))  # a testing aid: see tests/test_train.py
     bar = tqdm(total=cfg.steps, initial=run.step, desc=f"{cfg.method} seed {seed}", disable=cfg.quiet or rank != 0,
                dynamic_ncols=True)
     while run.step < cfg.steps:
+        t = time.perf_counter()
         rec = run.train_step()
-        rec["elapsed"] = time.perf_counter() - t0
+        train_time += time.perf_counter() - t
+        rec["elapsed"] = train_time
         bar.update(1)
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        if run.step % run.checkpoint_every == 0 or run.step == cfg.steps:
+        last = run.step == cfg.steps
+        if run.step % run.checkpoint_every == 0 or last:
             if rank == 0:
-                val, _ = evaluate(run.net, data.val, data.num_classes, data.dims, device, cfg.crop)
-                rec["val_dice"] = val["dice"]["mean"]
+                if run.step % run.validate_every == 0 or last:
+                    val, _ = evaluate(run.net, data.val, data.num_classes, data.dims, device, cfg.crop)
+                    rec["val_dice"] = val["dice"]["mean"]
                 checkpoint.save(ckpt, **run.state())
+                if kill_after and run.step >= kill_after and not last:
+                    os.kill(os.getpid(), signal.SIGKILL)
             _barrier(world)
     bar.close()
     _sync_buffers([run.net] + ([run.teacher] if run.teacher else []), world)
-    train_time = run.history[-1]["elapsed"] if run.history else 0.0
     digest = weights_digest(run.net)
-    if world > 1:
+    if world > 1:  # what the DDP test compares: student, teacher and queue of every rank
+        parts = [digest] + ([weights_digest(run.teacher)] if run.teacher else []) + (
+            [weights_digest(run.agcl)] if run.agcl else [])
         (out / f"weights_rank{rank}.sha256").parent.mkdir(parents=True, exist_ok=True)
-        (out / f"weights_rank{rank}.sha256").write_text(digest + "\n")
+        (out / f"weights_rank{rank}.sha256").write_text("\n".join(parts) + "\n")
     if rank != 0:
         return {}
     checkpoint.atomic_save(run.net.state_dict(), out / "model.pt")

@@ -43,16 +43,17 @@ def case_metrics(pred: torch.Tensor, label: torch.Tensor, num_classes: int, spac
         # MONAI warns for every empty class; the emptiness is returned instead.
         warnings.simplefilter("ignore")
         out = {
-            "dice": compute_dice(p, y, include_background=False, ignore_empty=True),
-            "jaccard": compute_iou(p, y, include_background=False, ignore_empty=True),
+            # ignore_empty=False: a false positive on an empty label scores 0, not NaN.
+            "dice": compute_dice(p, y, include_background=False, ignore_empty=False),
+            "jaccard": compute_iou(p, y, include_background=False, ignore_empty=False),
             "hd95": compute_hausdorff_distance(p, y, include_background=False, percentile=95, spacing=spacing),
             "asd": compute_average_surface_distance(p, y, include_background=False, symmetric=True, spacing=spacing),
         }
     undefined = empty_pred | empty_label
     for k in ("hd95", "asd"):
         out[k] = torch.where(undefined, float("nan"), out[k].double())
-    for k in ("dice", "jaccard"):
-        out[k] = out[k].double()
+    for k in ("dice", "jaccard"):  # no overlap score when the class is in neither
+        out[k] = torch.where(empty_pred & empty_label, float("nan"), out[k].double())
     out["empty_pred"], out["empty_label"] = empty_pred, empty_label
     return out
 

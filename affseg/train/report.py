@@ -35,6 +35,8 @@ def aggregate(runs: list[dict], class_names) -> dict:
     agg["train_time_s"] = mean_std([r["train_time_s"] for r in runs])
     agg["step_time_s"] = mean_std([r["step_time_s"] for r in runs])
     agg["empty_pred"] = [sum(r["test"]["empty_pred"][c] for r in runs) for c in range(len(class_names) - 1)]
+    agg["empty_label"] = [sum(r["test"]["empty_label"][c] for r in runs) for c in range(len(class_names) - 1)]
+    agg["cases"] = sum(r["test"]["cases"] for r in runs)
     return agg
 
 
@@ -46,19 +48,21 @@ def _fmt(ms, digits=3):
 def markdown_table(aggs: list[dict]) -> str:
     names = aggs[0]["class_names"]
     head = ["method", "labels", "seeds", "Dice", "Jaccard", "HD95 (px)", "ASD (px)"]
-    head += [f"Dice {n}" for n in names] + ["train time / run (s)", "step (s)"]
+    head += [f"Dice {n}" for n in names] + ["empty pred / label (cases)", "train time / run (s)", "step (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in aggs:
         row = [a["method"], f"{a['label_fraction']:.0%} ({a['labelled_cases']})", str(len(a["seeds"])),
                _fmt(a["dice"]["mean"]), _fmt(a["jaccard"]["mean"]), _fmt(a["hd95"]["mean"], 2),
                _fmt(a["asd"]["mean"], 2)]
         row += [_fmt(pc) for pc in a["dice"]["per_class"]]
+        # HD95/ASD leave out cases where a class is missing from the prediction or the label: counted here.
+        row += [" ".join(f"{p}/{q}" for p, q in zip(a["empty_pred"], a["empty_label"])) + f" of {a['cases']}"]
         row += [_fmt(a["train_time_s"], 0), _fmt(a["step_time_s"], 3)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def figure(runs_by_method: dict[str, list[dict]], path: Path) -> None:
+def figure(runs_by_method: dict[str, list[dict]], path: Path, num_classes: int = 0) -> None:
     """Example predictions (first seed of each method) next to the labels, and the loss curves."""
     import matplotlib
 
@@ -80,7 +84,7 @@ def figure(runs_by_method: dict[str, list[dict]], path: Path) -> None:
         if title:
             ax.set_title(title, fontsize=8)
 
-    k = int(max(int(t.max()) for t in first["labels"])) if n_ex else 1
+    k = max(1, num_classes - 1) if num_classes else (int(max(int(t.max()) for t in first["labels"])) if n_ex else 1)
     for i in range(n_ex):
         show(axes[i, 0], first["images"][i][0], "image" if i == 0 else None)
         show(axes[i, 1], first["labels"][i], "label" if i == 0 else None, "viridis", k)
@@ -113,5 +117,5 @@ def write(out: Path, runs_by_method: dict[str, list[dict]], description: str, cl
                                                        indent=1, default=float))
     table = markdown_table(aggs)
     atomic_write_text(out / "results.md", f"Data: {description}\n\nTest split, mean ± std over seeds.\n\n{table}")
-    figure(runs_by_method, out / "results.png")
+    figure(runs_by_method, out / "results.png", len(class_names))
     return {"aggregates": aggs, "table": table, "png": str(out / "results.png")}
