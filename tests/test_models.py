@@ -356,8 +356,8 @@ def test_mean_teacher_buffers_modes_and_state_dict():
     _train_step(mt, opt)
     mt.update()
     assert torch.equal(mt.teacher[1].running_mean, torch.zeros(2))  # buffers left alone
-    mt = MeanTeacher(_tiny(), buffers="copy")
-    assert mt.buffer_mode == "copy" and callable(mt.buffers)  # the option must not shadow Module.buffers()
+    copying = MeanTeacher(_tiny(), buffers="copy")
+    assert copying.buffer_mode == "copy" and callable(copying.buffers)  # the option must not shadow Module.buffers()
     # the teacher stays in eval mode (running stats, no dropout) unless teacher_mode="train"
     mt.train()
     assert mt.student.training and not mt.teacher.training and not mt.teacher[1].training
