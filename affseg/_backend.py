@@ -31,6 +31,35 @@ _C_OPS = {
 }
 OPS = tuple(_C_OPS)
 
+# Public ops whose Triton kernels take a dot precision (kernels/_launch.py INPUT_PRECISIONS).
+DOT_PRECISION_OPS = ("pdcr_loss_from_ratios", "soft_supcon_loss")
+_FLOAT32_DOTS = {"highest": "ieee", "high": "tf32", "medium": "bf16"}
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """The Triton dot precision for inputs of `dtype` (SPEC §8), read when the public op is called.
+
+    float32 follows ``torch.get_float32_matmul_precision()``: "highest" -> "ieee" (fp32 FMA),
+    "high" -> "tf32", "medium" -> "bf16". float64 -> "ieee". The kernels take float16/bfloat16
+    upcast to float32 and dot them on tensor cores at their own precision: bfloat16 -> "bf16", and
+    float16 -> "tf32", whose 10 mantissa bits hold an fp16 value exactly while its fp32 exponent
+    keeps the backward's small G·f weights (≈ g·p/τ, with g and p ≈ 1/N under a mean: below fp16's
+    6e-5 normal range by N ≈ 1000) from flushing to zero as fp16 tiles would. The C++ backends
+    ignore it: IEEE arithmetic always. Under torch.compile the setting is read once, at trace time.
+    """
+    if dtype == torch.float64:
+        return "ieee"
+    if dtype == torch.bfloat16:
+        return "bf16"
+    if dtype == torch.float16:
+        return "tf32"
+    return _float32_dots()
+
+
+@torch.compiler.assume_constant_result
+def _float32_dots() -> str:
+    return _FLOAT32_DOTS[torch.get_float32_matmul_precision()]
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -182,6 +211,10 @@ def _violation(op: str, backend: str, device: torch.device, dtype, sizes) -> str
     if backend == "triton" and device.type != "cuda" and dtype == torch.bfloat16:
         # The interpreter runs tl.dot on raw bf16 bits and truncates casts (BUILDING.md).
         return "the Triton interpreter computes bfloat16 wrongly"
+    if (backend == "triton" and device.type != "cuda" and op in DOT_PRECISION_OPS and dtype is not None
+            and dot_precision(dtype) == "bf16"):
+        return ("the Triton interpreter computes bfloat16 wrongly, and torch.get_float32_matmul_precision() "
+                "'medium' runs float32 dots in bfloat16")
     return limits(op, backend, device.type).violation(dtype, **sizes)
 
 

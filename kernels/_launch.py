@@ -6,15 +6,21 @@
 - float64 scalars travel as 1-element tensors: the GPU launcher types a Python float as fp32, which
   would cost float64 its precision (the interpreter keeps them double, so only a GPU shows it).
 - Grid axes 1 and 2 hold at most 65,535 programs; axis 0 holds 2^31 − 1. Large counts go on axis 0.
+- Dot products take one of INPUT_PRECISIONS, chosen by the caller (affseg._backend.dot_precision
+  maps dtypes and torch.get_float32_matmul_precision() to them) and applied in-kernel by `dot`.
 """
 from __future__ import annotations
 
 import contextlib
 
 import torch
+import triton
+import triton.language as tl
 
 GRID_AXIS0_MAX = 2**31 - 1
 GRID_AXIS12_MAX = 65535
+# "ieee": fp32 FMA (no tensor cores); "tf32", "bf16": tensor cores with fp32 accumulation.
+INPUT_PRECISIONS = ("ieee", "tf32", "bf16")
 
 
 def device_of(t: torch.Tensor):
@@ -45,3 +51,29 @@ def check_grid(name: str, programs: int) -> int:
     if programs > GRID_AXIS0_MAX:
         raise ValueError(f"{name}: {programs} programs exceed the grid limit of {GRID_AXIS0_MAX}")
     return programs
+
+
+def input_precision_for(name: str, input_precision: str, t: torch.Tensor) -> str:
+    """The INPUT_PRECISION a launch on t's dtype compiles with, after checking the mode."""
+    if input_precision not in INPUT_PRECISIONS:
+        raise ValueError(f"{name}: input_precision must be one of {INPUT_PRECISIONS}, got {input_precision!r}")
+    if t.dtype == torch.float64:
+        return "ieee"  # float64 dots are DMMA in fp64 whatever the mode
+    if input_precision == "bf16" and not on_gpu(t):
+        # the interpreter truncates the cast and runs tl.dot on raw bf16 bits (BUILDING.md): wrong numbers
+        raise ValueError(f"{name}: input_precision 'bf16' runs only on a GPU (the Triton interpreter "
+                         f"computes bfloat16 wrongly)")
+    return input_precision
+
+
+@triton.jit
+def dot(a, b, acc, INPUT_PRECISION: tl.constexpr):
+    """acc + a·b in acc's dtype. "bf16" rounds both tiles to bfloat16 (round to nearest even) for
+    the tensor cores and accumulates in fp32; what the caller does with the result stays fp32."""
+    # both branches assign: Triton's code generator would still compile a statement after a return
+    # taken under a constexpr if ("bf16" is no tl.dot input_precision)
+    if INPUT_PRECISION == "bf16":
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc, out_dtype=tl.float32)
+    else:
+        out = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+    return out

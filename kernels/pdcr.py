@@ -31,7 +31,8 @@ B·((N + M)·(C + W·K) + N)·e + B·(N + M), and writes B·N·(1 + W)·e; backw
 g and row_lse, B·N·(1 + W)·e, and writes B·(N + M)·C·e.
 
 Limits (LIMITS): fa/fb/phia/phib contiguous and of one dtype: float32 (accumulates in float32) or
-float64 (accumulates in float64); INPUT_PRECISIONS "ieee" or "tf32" for float32. The whole feature
+float64 (accumulates in float64); the public op also takes float16 and bfloat16 (bfloat16 on a GPU
+only), upcast to float32 before the launch (KERNEL_DTYPES). The whole feature
 row stays in registers: C ≤ 128 (BLOCK_C = next_pow2(C), at least 16; at C = 256 the float64
 kernels spill ~200 B at W = 4, K = 8 and at C = 512 need ~200 KB of shared memory, so larger C
 goes to the next backend until the kernel chunks C like kernels/supcon.py).
@@ -39,9 +40,20 @@ W and K are unrolled at compile time: W ≤ 4, K ≤ 8 (one compilation per (W, 
 unrolls do not fit: at W = 8, K = 16, C = 256 the sm_90 forward took 120 s to compile and spilled
 220 B, and W = 16, K = 32 took over 15 minutes on this project's 2-core machine; such calls go to the
 next backend until the kernel loops over K instead of unrolling it. Offsets within one image are int32: N·C, M·C < 2^31.
-INPUT_PRECISION is "ieee" unless asked otherwise ("tf32" is faster on a GPU, with ~1e-3 relative
-error in ŝ); float64 always uses "ieee". float64 dots are tl.dots too
-(DMMA); the masks travel as the feature dtype so that Triton can lower them (see _mask).
+
+Precision (SPEC §8). Every dot (ŝ, and G·f in the backward) runs INPUT_PRECISION (kernels/_launch.py
+`dot`): "ieee" (fp32 FMA, no tensor cores), "tf32", or "bf16" (both operand tiles rounded to
+bfloat16); tf32 and bf16 run on tensor cores with fp32 accumulation, and all math after a dot
+(divergences, online LSE, G) stays fp32. The public op picks it (affseg._backend.dot_precision):
+float32 by torch.get_float32_matmul_precision() ("highest" "ieee", "high" "tf32", "medium" "bf16"),
+float16 "tf32" (exact for fp16 operands; fp32's exponent keeps G's small entries), bfloat16 "bf16",
+float64 "ieee" (DMMA). Against the float64 reference, ‖out − ref‖/‖ref‖
+(tests/test_triton_precision.py): "ieee" rtol 1e-4 elementwise; "tf32" 1e-3 on the loss, 5e-3 on
+the gradients; "bf16" 1e-3 and 2e-2 (G's rows nearly cancel in G·f, so the gradients carry its
+rounding: 1.3e-2 at C = 5, τ = 0.1, under 5e-3 from C = 33), measured in the interpreter with
+operands rounded as tensor cores round them.
+The interpreter ignores "tf32" and refuses "bf16" (it computes bfloat16 wrongly). The masks travel
+as the feature dtype so that Triton can lower the fp64 dots (see _mask).
 GPU tile sizes come from compiling every configuration for sm_90 with `ptxas -v`
 (tests/test_triton_sm90.py: ≤ 227 KB shared memory, no spills); no GPU run has been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
 """
@@ -51,13 +63,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check_grid, device_of, on_gpu, scalar
+from ._launch import INPUT_PRECISIONS  # noqa: F401  (the modes the launchers take; tests read it here)
+from ._launch import check_grid, device_of, dot, input_precision_for, on_gpu, scalar
 
-LIMITS = {"channels": 128, "windows": 4, "classes": 8, "dtypes": (torch.float32, torch.float64)}
+# What the public op takes; float16/bfloat16 reach the kernels upcast to float32 (KERNEL_DTYPES),
+# with the dot precision of their own dtype. bfloat16 stays off the interpreter (affseg._backend).
+KERNEL_DTYPES = (torch.float32, torch.float64)
+LIMITS = {"channels": 128, "windows": 4, "classes": 8,
+          "dtypes": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 # On a GPU float64 goes to the CUDA C++ kernel: every sm_90 fp64 tile here spills (68-208 B at
 # 16x16 tiles, 4 or 8 warps); float64 stays available in the interpreter for the parity tests.
-GPU_LIMITS = {**LIMITS, "dtypes": (torch.float32,)}
-INPUT_PRECISIONS = ("ieee", "tf32")
+GPU_LIMITS = {**LIMITS, "dtypes": (torch.float16, torch.bfloat16, torch.float32)}
 
 
 @triton.jit
@@ -85,7 +101,8 @@ def _load_features(ptr, offs, mask, C, BLOCK_C: tl.constexpr):
 @triton.jit
 def _scaled_similarity(x, y, inv_tau, INPUT_PRECISION: tl.constexpr):
     """ŝ = (x · yᵀ − 1) · inv_tau for unit-vector tiles x [A, C], y [B, C]."""
-    return (tl.dot(x, tl.trans(y), input_precision=INPUT_PRECISION) - 1.0) * inv_tau
+    zero = tl.zeros([x.shape[0], y.shape[0]], dtype=x.dtype)
+    return (dot(x, tl.trans(y), zero, INPUT_PRECISION) - 1.0) * inv_tau
 
 
 @triton.jit
@@ -207,7 +224,7 @@ def _pdcr_bwd_rows_kernel(
                             rows, cols, row_in, col_in, K, FG_L1, BLOCK_N, BLOCK_M)
             lse = tl.load(lse_ptr + (b * N + rows) * W + w, mask=row_ok, other=0.0)
             G += _pair_grad(s, d, lse[:, None], scale, n, pair, SWAPPED)
-        acc += tl.dot(G, fb, input_precision=INPUT_PRECISION)
+        acc = dot(G, fb, acc, INPUT_PRECISION)
     tl.store(grad_ptr + (b * N + rows[:, None]) * C + offs_c[None, :], acc,
              mask=row_in[:, None] & (offs_c[None, :] < C))
 
@@ -252,7 +269,7 @@ def _pdcr_bwd_cols_kernel(
                             cols, rows, col_in, row_in, K, FG_L1, BLOCK_M, BLOCK_N)
             lse = tl.load(lse_ptr + (b * N + rows) * W + w, mask=row_ok, other=0.0)
             G += _pair_grad(s, d, lse[None, :], scale, n, pair, SWAPPED)
-        acc += tl.dot(G, fa, input_precision=INPUT_PRECISION)
+        acc = dot(G, fa, acc, INPUT_PRECISION)
     tl.store(grad_ptr + (b * M + cols[:, None]) * C + offs_c[None, :], acc,
              mask=col_in[:, None] & (offs_c[None, :] < C))
 
@@ -268,7 +285,7 @@ def _launch_config(C, dtype, input_precision="ieee", gpu=True, block=None):
         config = (16, 4)
     elif input_precision == "ieee":  # 32-row tiles spill from C = 64 on (ptxas -v, sm_90)
         config = (32, 4) if block_c <= 32 else (16, 4)
-    else:  # tf32's mma layouts spill at 32 rows even for C = 16
+    else:  # tf32's mma layouts spill at 32 rows even for C = 16; bf16 takes the same tiles
         config = (16, 4)
     return block or config[0], block_c, config[1]
 
@@ -286,15 +303,13 @@ def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self,
     M = fb.shape[1]
     W, K = pa.shape[1], pa.shape[3]
     lim = GPU_LIMITS if on_gpu(fa) else LIMITS
-    if C > lim["channels"] or W > lim["windows"] or K > lim["classes"] or fa.dtype not in lim["dtypes"]:
+    dtypes = tuple(d for d in KERNEL_DTYPES if d in lim["dtypes"])
+    if C > lim["channels"] or W > lim["windows"] or K > lim["classes"] or fa.dtype not in dtypes:
         raise ValueError(
             f"the Triton PDCR kernel supports C <= {lim['channels']}, W <= {lim['windows']}, K <= {lim['classes']} "
-            f"of {lim['dtypes']}; got C={C}, W={W}, K={K} of {fa.dtype}"
+            f"of {dtypes}; got C={C}, W={W}, K={K} of {fa.dtype}"
         )
-    if input_precision not in INPUT_PRECISIONS:
-        raise ValueError(f"input_precision must be one of {INPUT_PRECISIONS}, got {input_precision!r}")
-    if fa.dtype == torch.float64:
-        input_precision = "ieee"  # tf32 does not apply to fp64 dots
+    input_precision = input_precision_for("the Triton PDCR kernel", input_precision, fa)
     block, block_c, num_warps = _launch_config(C, fa.dtype, input_precision, on_gpu(fa), block)
     # n_i: valid columns of each row (the row itself excluded when asked); rows without any drop out.
     n_cols = vb.sum(dim=1, keepdim=True).to(fa.dtype).expand(B, N)

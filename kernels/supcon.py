@@ -19,9 +19,19 @@ f by every row tile come from L2 and are not counted), e = element bytes: forwar
 valid and writes lse: B·N·(C·e + 1 + e); backward reads f, valid, grad and lse and writes grad f:
 B·N·(2·C·e + 1 + 2·e). Nothing of size N² is stored.
 
-Limits (LIMITS): C ≤ 1024; float32 or float64 (float64 dots in float64; fp16/bf16 callers upcast
-to float32 first). fp32 ``tl.dot`` takes INPUT_PRECISION "ieee" (default: tf32's 1e-3 error
-exceeds SPEC's 1e-4) or "tf32"; float64 always uses "ieee". Offsets are int64, so N·C is unbounded.
+Limits (LIMITS): C ≤ 1024; the kernels take float32 or float64 (float64 dots in float64); the public
+op also takes float16 and bfloat16 (bfloat16 on a GPU only), upcast to float32 first (KERNEL_DTYPES).
+Offsets are int64, so N·C is unbounded.
+
+Precision (SPEC §8). Both dots (the s chunks, and w·f in the backward) run INPUT_PRECISION
+(kernels/_launch.py `dot`): "ieee" (fp32 FMA, no tensor cores), "tf32", or "bf16" (both operand
+tiles rounded to bfloat16); tf32 and bf16 run on tensor cores with fp32 accumulation, and the online
+LSE and w stay fp32. The public op picks it (affseg._backend.dot_precision): float32 by
+torch.get_float32_matmul_precision() ("highest" "ieee", "high" "tf32", "medium" "bf16"), float16
+"tf32", bfloat16 "bf16", float64 "ieee". Against the float64 reference, ‖out − ref‖/‖ref‖
+(tests/test_triton_precision.py): "ieee" rtol 1e-4 elementwise; "tf32" 1e-3 on the loss, 5e-3 on the
+gradients; "bf16" 1e-3 and 2e-2 (measured at most 3e-4 and 4.3e-3 at τ ≥ 0.07, in the interpreter
+with operands rounded as tensor cores round them). The interpreter ignores "tf32" and refuses "bf16".
 NaN in a row's logits makes its lse NaN (an explicit flag, since tl.max's NaN handling is unspecified).
 GPU tile sizes come from compiling every configuration for sm_90 (tests/test_triton_sm90.py):
 ≤ 227 KB shared memory and no spills at every C ≤ 1024 and dtype; no GPU run has been made yet.
@@ -33,10 +43,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check_grid, device_of, on_gpu, scalar
+from ._launch import INPUT_PRECISIONS  # noqa: F401  (the modes the launchers take; tests read it here)
+from ._launch import check_grid, device_of, dot, input_precision_for, on_gpu, scalar
 
-LIMITS = {"channels": 1024, "dtypes": (torch.float32, torch.float64)}
-INPUT_PRECISIONS = ("ieee", "tf32")
+# What the public op takes; float16/bfloat16 reach the kernels upcast to float32 (KERNEL_DTYPES),
+# with the dot precision of their own dtype. bfloat16 stays off the interpreter (affseg._backend).
+KERNEL_DTYPES = (torch.float32, torch.float64)
+LIMITS = {"channels": 1024, "dtypes": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
 @triton.jit
@@ -52,7 +65,7 @@ def _logits(base, rows, cols, r_mask, k_mask, C, inv_tau,
         c_mask = cs < C
         q = tl.load(base + r_off + cs[None, :], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
         kt = tl.load(base + k_off + cs[None, :], mask=k_mask[:, None] & c_mask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(kt), s, input_precision=INPUT_PRECISION, out_dtype=s.dtype)
+        s = dot(q, tl.trans(kt), s, INPUT_PRECISION)
     return s * inv_tau
 
 
@@ -125,7 +138,7 @@ def _cos_lse_bwd_kernel(f_ptr, valid_ptr, grad_ptr, lse_ptr, out_ptr, N, C, inv_
         w = tl.where(off_diag, forward + transposed, 0.0)
         kd = tl.load(base + cols[:, None].to(tl.int64) * C + ds[None, :],
                      mask=k_mask[:, None] & d_mask[None, :], other=0.0)
-        acc = tl.dot(w, kd, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+        acc = dot(w, kd, acc, INPUT_PRECISION)
     tl.store(out_ptr + b * N * C + rows[:, None].to(tl.int64) * C + ds[None, :], acc * inv_tau,
              mask=r_mask[:, None] & d_mask[None, :])
 
@@ -146,7 +159,7 @@ def _launch_config(N: int, C: int, dtype: torch.dtype, input_precision: str = "i
     if dtype == torch.float64:
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
                     num_warps=4, num_stages=2)
-    if input_precision == "ieee":  # FMA dots: both operands pass through registers
+    if input_precision == "ieee":  # FMA dots: both operands pass through registers; tf32 and bf16 below
         return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
                     num_warps=warps, num_stages=2)
     return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 64), BLOCK_D=min(pow2, 128),
@@ -162,13 +175,10 @@ def _mask(valid, f):
 
 def _setup(f, inv_tau, input_precision):
     B, N, C = f.shape
-    if C > LIMITS["channels"] or f.dtype not in LIMITS["dtypes"]:
+    if C > LIMITS["channels"] or f.dtype not in KERNEL_DTYPES:
         raise ValueError(f"the Triton cos_lse kernels take C <= {LIMITS['channels']} channels of "
-                         f"{LIMITS['dtypes']}, got C={C} of {f.dtype}")
-    if input_precision not in INPUT_PRECISIONS:
-        raise ValueError(f"input_precision must be one of {INPUT_PRECISIONS}, got {input_precision!r}")
-    if f.dtype == torch.float64:
-        input_precision = "ieee"  # tf32 does not apply to fp64 dots
+                         f"{KERNEL_DTYPES}, got C={C} of {f.dtype}")
+    input_precision = input_precision_for("the Triton cos_lse kernels", input_precision, f)
     cfg = _launch_config(N, C, f.dtype, input_precision, on_gpu(f))
     cfg["INPUT_PRECISION"] = input_precision
     return B, N, C, cfg, scalar(inv_tau, f)

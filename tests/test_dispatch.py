@@ -58,8 +58,10 @@ def test_triton_declares_limits_from_its_kernel_module():
     declared = _backend.limits("pdcr_loss_from_ratios", "triton", "cpu")
     assert declared.channels == kernels.LIMITS["channels"]
     assert torch.float64 in declared.dtypes  # the interpreter runs the float64 parity tests
-    # compiled for a GPU, float64 spills, so it is declared away and goes to CUDA C++ there
-    assert _backend.limits("pdcr_loss_from_ratios", "triton", "cuda").dtypes == (torch.float32,)
+    # compiled for a GPU, float64 spills, so it is declared away and goes to CUDA C++ there; float16
+    # and bfloat16 run upcast, with dots at their own precision (SPEC §8)
+    assert _backend.limits("pdcr_loss_from_ratios", "triton", "cuda").dtypes == (
+        torch.float16, torch.bfloat16, torch.float32)
     feats, phi = _pdcr_inputs(C=declared.channels + 1)
     with pytest.raises(ValueError, match=rf"backend 'triton' cannot take this call: it takes C <= {declared.channels}"):
         affseg.pdcr_loss_from_ratios(feats, phi, backend="triton")

@@ -6,7 +6,8 @@ The launchers run on meta tensors with their kernels swapped for recorders
 the launcher takes every in-limit call without raising; every launch compiles; shared memory
 <= 227 KB; ptxas -v reports 0 bytes of spill stores and loads; grids fit the CUDA limits (axis 0
 < 2^31, axes 1-2 <= 65,535) even for dense 3-D label volumes and 100,000-image batches; no
-launcher hands a kernel a Python float (the GPU launcher would type it fp32).
+launcher hands a kernel a Python float (the GPU launcher would type it fp32); the PDCR and cos_lse
+kernels' tf32 and bf16 dots compile to mma/wgmma (tensor cores).
 
 One subprocess compiles everything once (TRITON_INTERPRET must be unset there, while conftest.py
 sets it for this process); Triton's on-disk cache makes reruns faster.
@@ -78,6 +79,23 @@ def test_grids_fit_and_scalars_are_tensors(probe, family):
             if k["python_floats"]:
                 bad.append(f"{e['case']}: {k['kernel']} gets Python floats {k['python_floats']}")
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("family", ["pdcr", "supcon"])
+def test_tensor_core_modes_compile_to_mma(probe, family, record_property):
+    """SPEC §8: tf32 and bf16 dots (float16/bfloat16 inputs launch these too) run on tensor cores, so
+    their PTX holds mma or wgmma. IEEE fp32 dots are FMA: recorded, not asserted (the compiler may
+    change that)."""
+    compiled = [c for c in probe["compiled"] if c["family"] == family and "error" not in c]
+    modes = {c["constexprs"].get("INPUT_PRECISION") for c in compiled}
+    assert {"ieee", "tf32", "bf16"} <= modes, f"modes compiled: {modes}"
+    missing = [_fmt(c) for c in compiled if c["constexprs"].get("INPUT_PRECISION") in ("tf32", "bf16") and not c["mma"]]
+    assert not missing, "tensor-core modes without mma/wgmma:\n" + "\n".join(missing)
+    fp32_ieee = [c for c in compiled
+                 if c["constexprs"].get("INPUT_PRECISION") == "ieee" and "*fp32" in c["signature"].values()]
+    with_mma = [_fmt(c) for c in fp32_ieee if c["mma"]]
+    record_property("ieee_fp32_fma_only", f"{len(fp32_ieee) - len(with_mma)} of {len(fp32_ieee)}")
+    record_property("ieee_fp32_with_mma", with_mma)
 
 
 def test_every_jit_kernel_is_covered(probe):

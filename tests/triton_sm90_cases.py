@@ -27,9 +27,15 @@ def _name(dtype):
     return str(dtype).replace("torch.", "")
 
 
+def _kernel_dtypes(mod, limits):
+    """The dtypes a launcher sees: float16/bfloat16 calls reach it as float32 with the dot precision
+    of their dtype ("tf32", "bf16"), which the float32 cases compile through INPUT_PRECISIONS."""
+    return [d for d in limits["dtypes"] if d in getattr(mod, "KERNEL_DTYPES", limits["dtypes"])]
+
+
 def supcon(mod, torch):
     meta = dict(device="meta")
-    for dtype in mod.LIMITS["dtypes"]:
+    for dtype in _kernel_dtypes(mod, mod.LIMITS):
         precisions = mod.INPUT_PRECISIONS if dtype == torch.float32 else ("ieee",)
         for C in _sizes(mod.LIMITS["channels"], 16):
             for N in (32, 4096):
@@ -60,7 +66,7 @@ def pdcr(mod, torch):
         loss, lse = mod.pdcr_fwd(fa, pa, fb, pb, va, vb, **opts)
         mod.pdcr_bwd(torch.empty_like(loss), fa, pa, fb, pb, va, vb, lse, **opts)
 
-    for dtype in lim["dtypes"]:
+    for dtype in _kernel_dtypes(mod, lim):
         precisions = mod.INPUT_PRECISIONS if dtype == torch.float32 else ("ieee",)
         for C in _few(lim["channels"], 16):
             for prec in precisions:
@@ -142,12 +148,13 @@ def agcl(mod, torch):
                 neg = torch.empty(4096, C, dtype=dtype, **meta)
                 q_cls = torch.empty(8, dtype=torch.int64, **meta)
                 neg_cls = torch.empty(4096, dtype=torch.int64, **meta)
-                lse, idx, count = mod.hard_negatives(q, neg, q_cls, neg_cls, 10.0, n_hard, True)
-                mod.queue_lse_bwd(torch.empty_like(lse), q, neg, q_cls, neg_cls, lse, 10.0, True)
+                scale = torch.empty(neg.shape[0], dtype=neg.dtype, device=neg.device)  # the unit-row scales
+                lse, idx, count = mod.hard_negatives(q, neg, scale, q_cls, neg_cls, 10.0, n_hard, True)
+                mod.queue_lse_bwd(torch.empty_like(lse), q, neg, scale, q_cls, neg_cls, lse, 10.0, True)
                 pairs = torch.empty(8, 64, 2, dtype=torch.int64, **meta)
                 alpha = torch.empty(4096, dtype=dtype, **meta)
-                logits = mod.mixed_logits(q, neg, alpha, idx, count, pairs, 10.0)
-                mod.mixed_logits_bwd(torch.empty_like(logits), q, neg, alpha, idx, count, pairs, 10.0)
+                logits = mod.mixed_logits(q, neg, scale, alpha, idx, count, pairs, 10.0)
+                mod.mixed_logits_bwd(torch.empty_like(logits), q, neg, scale, alpha, idx, count, pairs, 10.0)
             yield f"{_name(dtype)}-queue-C{C}-H{n_hard}", queue
 
 

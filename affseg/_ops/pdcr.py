@@ -69,7 +69,8 @@ def pdcr_rows(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self, 
 
     All floating inputs contiguous and of one dtype (float32 or float64); `va` (B, N) and `vb`
     (B, M) bool. Rows that are invalid or have no valid column give 0. ``input_precision`` is the
-    Triton ``tl.dot`` precision for float32 (``"ieee"`` or ``"tf32"``).
+    Triton dot precision for float32 (kernels/_launch.py INPUT_PRECISIONS, picked by
+    affseg._backend.dot_precision); the C++ kernels ignore it (IEEE arithmetic always).
     """
     options = (float(inv_tau), bool(swapped), bool(fg_l1), bool(exclude_self))
     if backend == "triton":

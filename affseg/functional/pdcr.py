@@ -120,9 +120,12 @@ def pdcr_loss_from_ratios(
         M = feats_b.shape[1]
         vb = valid_b.contiguous() if valid_b is not None else torch.ones(B, M, dtype=torch.bool, device=feats.device)
         fb, pb = _unit_rows(feats_b, vb, cdt), phi_b.to(cdt).contiguous()
+    # The dot precision follows the caller's dtype and matmul-precision setting (SPEC §8), read
+    # here and passed as a plain option; the fp16/bf16 features themselves run upcast.
     row = ops.pdcr_rows(
         fa, pa, fb, pb, va, vb, inv_tau=1.0 / tau, swapped=orientation == "swapped",
         fg_l1=divergence == "fg_l1", exclude_self=exclude_self, backend=backend,
+        input_precision=_backend.dot_precision(feats.dtype),
     )
     # n_i: valid columns per row (self excluded when asked); rows without any column do not count.
     n_cols = vb.sum(dim=1, keepdim=True).to(cdt).expand(B, N)

@@ -115,7 +115,8 @@ def soft_supcon_loss(features, labels, *, tau=0.1, reduction="mean", ignore_inde
     # (normalize included, whose backward would turn a NaN row's zero gradient into NaN).
     f = torch.where(valid[..., None], f.to(cdt), torch.zeros((), dtype=cdt, device=f.device))
     fn = F.normalize(f, dim=-1, eps=1e-8).contiguous()
-    lse = ops.cos_lse(fn, valid.contiguous(), inv_tau=1.0 / tau, backend=backend)
+    lse = ops.cos_lse(fn, valid.contiguous(), inv_tau=1.0 / tau, backend=backend,
+                      input_precision=_backend.dot_precision(features.dtype))  # SPEC §8, as in pdcr
     pos, weight = _positive_term(fn, lab, valid)
     counted = valid & (weight > 0)
     safe_w = torch.where(counted, weight, torch.ones_like(weight))
