@@ -302,5 +302,9 @@ def test_cuda_matches_reference(input_precision):
     if input_precision == "ieee":
         for dtype in DTYPES:
             cast = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+            if dtype == torch.float64:  # GPU_LIMITS: float64 goes to the CUDA C++ kernel on a GPU
+                with pytest.raises(ValueError, match="float64"):
+                    affseg.pdcr_loss_from_ratios(**cast, **opts, backend="triton")
+                continue
             got = affseg.pdcr_loss_from_ratios(**cast, **opts, backend="triton")
             _assert_close(got, reference.pdcr_loss_from_ratios(**cast, **opts), dtype)
