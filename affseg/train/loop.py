@@ -348,14 +348,15 @@ def train_seed(cfg: TrainConfig, data, seed: int, rank: int = 0, world: int = 1,
     checkpoint.atomic_save(run.net.state_dict(), out / "model.pt")
     test, preds = evaluate(run.net, data.test, data.num_classes, data.dims, device, cfg.crop)
     step_times = [b["elapsed"] - a["elapsed"] for a, b in zip(run.history, run.history[1:])]
+    examples = _example_ids(data.test)
     return {
         "seed": seed, "method": cfg.method, "label_fraction": cfg.label_fraction, "steps": cfg.steps,
         "labelled_cases": len(run.labelled), "unlabelled_cases": len(run.unlabelled),
         "train_time_s": train_time, "step_time_s": float(torch.tensor(step_times).median()) if step_times else math.nan,
         "test": test, "history": run.history, "weights_sha256": digest,
-        "examples": {"images": [data.test.images[i] for i in _example_ids(data.test)],
-                     "labels": [data.test.labels[i] for i in _example_ids(data.test)],
-                     "preds": [preds[i] for i in _example_ids(data.test)]},
+        "examples": {"images": [data.test.images[i] for i in examples],
+                     "labels": [data.test.labels[i] for i in examples],
+                     "preds": [preds[i] for i in examples]},
     }
 
 

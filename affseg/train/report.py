@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from affseg.train.checkpoint import atomic_write_text
+from affseg.train.checkpoint import atomic_write, atomic_write_text
 from affseg.train.metrics import METRICS
 
 
@@ -101,11 +101,8 @@ def figure(runs_by_method: dict[str, list[dict]], path: Path, num_classes: int =
     curve.set_ylabel("training loss")
     curve.legend(fontsize=6, ncol=3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write(out: Path, runs_by_method: dict[str, list[dict]], description: str, class_names) -> dict:
