@@ -68,6 +68,15 @@ TORCH_LIBRARY(affseg, m) {
       "pdcr_bwd(Tensor grad_row, Tensor fa, Tensor phia, Tensor fb, Tensor phib, Tensor valid_a, "
       "Tensor valid_b, Tensor row_lse, float inv_tau, bool swapped, bool fg_l1, bool exclude_self) "
       "-> (Tensor grad_fa, Tensor grad_fb)");
+  // Intra-layer pairs: f, phi, valid as both rows and columns (what pdcr_fwd computes when passed
+  // the same tensors twice); the backward returns the one gradient of f in both roles, so the CPU
+  // kernel sweeps the symmetric similarity matrix once.
+  m.def(
+      "pdcr_intra_fwd(Tensor f, Tensor phi, Tensor valid, float inv_tau, bool swapped, bool fg_l1, "
+      "bool exclude_self) -> (Tensor row_loss, Tensor row_lse)");
+  m.def(
+      "pdcr_intra_bwd(Tensor grad_row, Tensor f, Tensor phi, Tensor valid, Tensor row_lse, float inv_tau, "
+      "bool swapped, bool fg_l1, bool exclude_self) -> Tensor grad_f");
 
   // SPEC §4 denominator: lse_i = LSE_{k != i, valid_k} (f_i . f_k) * inv_tau over unit rows f (B,N,C);
   // -inf where a row has no valid column. The soft-label positive term is bilinear and stays in torch.

@@ -190,6 +190,68 @@ def test_opcheck(swapped, fg_l1):
     torch.library.opcheck(torch.ops.affseg.pdcr_fwd.default, intra)
 
 
+def test_opcheck_intra():
+    fa, pa, _, _, va, _ = _op_args()
+    fa.requires_grad_()
+    for swapped, fg_l1, exclude_self in ((False, False, True), (True, True, False)):
+        options = (2.0, swapped, fg_l1, exclude_self)
+        torch.library.opcheck(torch.ops.affseg.pdcr_intra_fwd.default, (fa, pa, va, *options))
+        with torch.no_grad():
+            _, lse = torch.ops.affseg.pdcr_intra_fwd(fa, pa, va, *options)
+        grad_row = torch.randn(2, 9, dtype=torch.float64)
+        torch.library.opcheck(torch.ops.affseg.pdcr_intra_bwd.default, (grad_row, fa.detach(), pa, va, lse, *options))
+
+
+def _intra_case(dtype, n=300, c=21, w=3, k=4):
+    f = torch.nn.functional.normalize(torch.randn(3, n, c, dtype=dtype), dim=-1)
+    phi = _ratios(3, w, n, k, dtype)
+    valid = torch.rand(3, n) > 0.2
+    valid[1] = False
+    valid[1, 7] = True  # one valid item: no column for it under exclude_self
+    valid[2] = False  # nothing valid
+    return f, phi, valid
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("inv_tau", [2.0, 100.0])  # the one-exp (fixed shift) and the two-exp sweep
+@pytest.mark.parametrize("swapped,fg_l1,exclude_self", [(False, False, True), (True, True, False),
+                                                        (False, True, True)])
+def test_intra_backward_is_the_two_sweeps_sum(dtype, inv_tau, swapped, fg_l1, exclude_self):
+    # The one-sweep intra-layer backward against pdcr_bwd's row and column sweeps on the same tensors
+    # (their sum is the gradient of f in both roles): several tiles and task blocks (N = 300 > 256),
+    # odd C, zero row gradients, a batch with one valid item and one with none.
+    f, phi, valid = _intra_case(dtype)
+    options = (inv_tau, swapped, fg_l1, exclude_self)
+    _, lse = torch.ops.affseg.pdcr_intra_fwd(f, phi, valid, *options)
+    grad_row = torch.randn(3, 300, dtype=dtype)
+    grad_row[:, ::4] = 0
+    one = torch.ops.affseg.pdcr_intra_bwd(grad_row, f, phi, valid, lse, *options)
+    ga, gb = torch.ops.affseg.pdcr_bwd(grad_row, f, phi, f, phi, valid, valid, lse, *options)
+    assert torch.isfinite(one).all()
+    torch.testing.assert_close(one, ga + gb, **TOL[dtype])
+    assert torch.equal(one[~valid], torch.zeros_like(one[~valid]))
+
+
+def test_intra_backward_extreme_row_gradients():
+    # Two antipodal items of disjoint foreground classes (fg_l1: d = 2) at inv_tau = 9.5, just inside
+    # the fixed-shift bound: lse = ŝ·d = −38, so c·exp(−lse) overflows float32 for g = 1e30 although
+    # the true term c·p = c is finite. The one-exp sweep must give way to the two-exp one, not return
+    # inf. A NaN g must reach the gradient.
+    f = torch.zeros(1, 2, 4)
+    f[0, 0, 0], f[0, 1, 0] = 1.0, -1.0
+    phi = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).reshape(1, 1, 2, 3)
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    options = (9.5, False, True, True)
+    _, lse = torch.ops.affseg.pdcr_intra_fwd(f, phi, valid, *options)
+    torch.testing.assert_close(lse, torch.full((1, 2, 1), -38.0))
+    for value in (1e30, float("nan")):
+        grad_row = torch.tensor([[value, 1e-3]])
+        one = torch.ops.affseg.pdcr_intra_bwd(grad_row, f, phi, valid, lse, *options)
+        ga, gb = torch.ops.affseg.pdcr_bwd(grad_row, f, phi, f, phi, valid, valid, lse, *options)
+        torch.testing.assert_close(one, ga + gb, equal_nan=True)
+        assert bool(torch.isfinite(one).all()) == (value == value)
+
+
 def test_torch_compile_fullgraph():
     # The op chain under the public API (normalise, fused op with its fake kernel and autograd, row
     # reduction). pdcr_loss_from_ratios itself is not traced: its backend resolution calls
@@ -327,10 +389,11 @@ import affseg
 from affseg import reference
 torch.manual_seed(0)
 for dtype, tol in ((torch.float32, dict(rtol=1e-4, atol=1e-5)), (torch.float64, dict(rtol=1e-10, atol=1e-12))):
-    for n, m, orientation, divergence in ((100, None, "paper", "tv"), (37, 61, "swapped", "fg_l1")):
+    for n, m, orientation, divergence, tau in ((100, None, "paper", "tv", 0.3), (37, 61, "swapped", "fg_l1", 0.3),
+                                               (300, None, "swapped", "fg_l1", 0.3), (270, None, "paper", "tv", 1e-3)):
         feats = torch.randn(2, n, 33, dtype=dtype, requires_grad=True)
         phi = torch.rand(2, 3, n, 3, dtype=dtype).softmax(-1)
-        kw = dict(orientation=orientation, divergence=divergence, tau=0.3)
+        kw = dict(orientation=orientation, divergence=divergence, tau=tau, exclude_self=m is None)
         if m is not None:
             kw.update(feats_b=torch.randn(2, m, 33, dtype=dtype, requires_grad=True),
                       phi_b=torch.rand(2, 3, m, 3, dtype=dtype).softmax(-1))

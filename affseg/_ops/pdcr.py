@@ -2,8 +2,8 @@
 
 `pdcr_rows` returns the per-row loss (B, N) of the contrastive term on unit rows; it is
 differentiable w.r.t. `fa` and `fb`. Intra-layer callers pass the same tensor as `fa` and `fb`:
-autograd then adds the row and column gradients into that one tensor, which is the derivative
-of the loss in its two roles. The C++ ops (`affseg::pdcr_fwd`/`pdcr_bwd`, CPU and CUDA) and the
+the C++ backends then run `affseg::pdcr_intra_fwd`/`pdcr_intra_bwd`, whose one gradient is the
+derivative of the loss in both roles (Triton: autograd adds the row and column gradients). The C++ ops (`affseg::pdcr_fwd`/`pdcr_bwd`, CPU and CUDA) and the
 Triton ops (`affseg::triton_pdcr_fwd`/`triton_pdcr_bwd`) share one contract, so they share the
 fake kernels and the autograd declaration.
 """
@@ -30,6 +30,15 @@ def _bwd_fake(grad_row, fa, pa, fb, pb, va, vb, row_lse, *options):
     return torch.empty_like(fa), torch.empty_like(fb)
 
 
+def _intra_fwd_fake(f, phi, valid, *options):
+    return _fwd_fake(f, phi, f, phi, valid, valid, *options)
+
+
+def _intra_bwd_fake(grad_row, f, phi, valid, row_lse, *options):
+    torch._check(grad_row.shape == f.shape[:2], lambda: "pdcr: grad_row must be (B, N)")
+    return torch.empty_like(f)
+
+
 def _gradient(bwd) -> Gradient:
     # fwd(fa, phia, fb, phib, valid_a, valid_b, *options) -> (row_loss, row_lse);
     # bwd(grad_row, fa, phia, fb, phib, valid_a, valid_b, row_lse, *options) -> (grad_fa, grad_fb).
@@ -39,6 +48,11 @@ def _gradient(bwd) -> Gradient:
 if _extension.HAS_C:
     define("pdcr_fwd", fake=_fwd_fake)
     differentiable("pdcr_fwd", _gradient(define("pdcr_bwd", fake=_bwd_fake)))
+    # pdcr_intra_fwd(f, phi, valid, *options) -> (row_loss, row_lse);
+    # pdcr_intra_bwd(grad_row, f, phi, valid, row_lse, *options) -> grad_f (both roles of f).
+    define("pdcr_intra_fwd", fake=_intra_fwd_fake)
+    differentiable("pdcr_intra_fwd", Gradient("pdcr_loss_from_ratios", define("pdcr_intra_bwd", fake=_intra_bwd_fake),
+                                              tensor_inputs=3, grad_inputs=(0,), saved_outputs=(1,)))
 
 
 _kernels = _backend.load_triton_kernels("pdcr")
@@ -68,11 +82,14 @@ def pdcr_rows(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self, 
     """Per-row PDCR loss (B, N) of unit rows `fa` against unit columns `fb` (SPEC §3).
 
     All floating inputs contiguous and of one dtype (float32 or float64); `va` (B, N) and `vb`
-    (B, M) bool. Rows that are invalid or have no valid column give 0. ``input_precision`` is the
+    (B, M) bool. Intra-layer pairs (`fb is fa`, `pb is pa`, `vb is va`) take the C++ intra ops,
+    whose CPU backward sweeps the symmetric similarity matrix once. Rows that are invalid or have no valid column give 0. ``input_precision`` is the
     Triton dot precision for float32 (kernels/_launch.py INPUT_PRECISIONS, picked by
     affseg._backend.dot_precision); the C++ kernels ignore it (IEEE arithmetic always).
     """
     options = (float(inv_tau), bool(swapped), bool(fg_l1), bool(exclude_self))
     if backend == "triton":
         return torch.ops.affseg.triton_pdcr_fwd(fa, pa, fb, pb, va, vb, *options, input_precision)[0]
+    if fb is fa and pb is pa and vb is va:
+        return torch.ops.affseg.pdcr_intra_fwd(fa, pa, va, *options)[0]
     return torch.ops.affseg.pdcr_fwd(fa, pa, fb, pb, va, vb, *options)[0]

@@ -48,16 +48,26 @@
 namespace affseg {
 namespace {
 
-// Micro-kernel width: two 256-bit registers; panels are padded to it.
+// One 64-byte line of T. The micro-kernel is kMicroRows rows × micro_cols<T>(isa) columns: two
+// 256-bit registers per row up to AVX2, two 512-bit ones with AVX-512 (4 rows × 2 registers = 8
+// independent FMA chains, what two FMA ports of latency 4 need; one zmm per row would leave the
+// AVX-512 build latency-bound at half its rate). Panels and tiles are padded to kPad, a multiple
+// of every build's width, so that one layout serves all builds.
 template <typename T>
 constexpr int64_t kLanes = 64 / sizeof(T);
+template <typename T>
+constexpr int64_t kPad = 2 * kLanes<T>;
+template <typename T>
+constexpr int64_t micro_cols(int isa) {
+  return isa >= cpu::kAvx512 ? 2 * kLanes<T> : kLanes<T>;
+}
 constexpr int64_t kMicroRows = 4;
 constexpr int64_t kBlock = 32;  // outer items per task (a multiple of kMicroRows)
-constexpr int64_t kTile = 256;  // inner items per tile (a multiple of kLanes)
+constexpr int64_t kTile = 256;  // inner items per tile (a multiple of kPad)
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// Compacted items of one batch, zero-padded to np = a multiple of kLanes.
+// Compacted items of one batch, zero-padded to np ≥ a multiple of kPad.
 template <typename T>
 struct Panel {
   int64_t n = 0, np = 0;
@@ -68,6 +78,9 @@ struct Panel {
   std::vector<T> lse;        // (W, np) row statistics (row panels of the backward only)
   std::vector<T> coef;       // (np) g_i·inv_tau/W
   std::vector<T> inv_n;      // (np) 1/n_i
+  // Intra-layer backward only, 0 at items that carry no row gradient: (W, np) c·exp(−lse) under a
+  // fixed shift or lse otherwise (+inf there), (np) c = g_i·inv_tau/W and (np) c/n_i.
+  std::vector<T> row_stat, row_coef, pos_coef;
 
   // feat (n_all, C) and phi (W, n_all, K) of one batch.
   void fill(const T* feat, const T* phi, int64_t n_all, std::vector<int64_t> items, int64_t C, int64_t ldf,
@@ -76,7 +89,7 @@ struct Panel {
     n = static_cast<int64_t>(idx.size());
     // An odd number of 64-byte lines per row: rows of the c-major panel that the micro-kernel reads
     // one after another then fall into different L1 sets (N = 4096 would put all 64 on one set).
-    np = round_up(std::max<int64_t>(n, 1), kLanes<T>);
+    np = round_up(std::max<int64_t>(n, 1), kPad<T>);
     if ((np / kLanes<T>) % 2 == 0) np += kLanes<T>;
     ft.assign(C * np, T(0));
     f.assign(np * ldf, T(0));
@@ -103,7 +116,7 @@ struct Side {
 };
 
 struct Options {
-  int64_t C, cp, ldf, W, K;  // cp: C rounded up to kLanes; ldf: row stride of Panel::f
+  int64_t C, cp, ldf, W, K;  // cp: C rounded up to kPad; ldf: row stride of Panel::f
   bool swapped, fg_l1, exclude_self;
 };
 
@@ -153,11 +166,12 @@ AFFSEG_ALWAYS_INLINE T absolute(T x) {
 }
 
 // out[r][j] (= or +=) Σ_k a[r][k]·bt[k·ldb + j] for r < rows (a multiple of kMicroRows) and
-// j < cols (a multiple of kLanes). 4 rows × kLanes accumulators stay in registers while k runs.
-template <typename T, bool kFma, bool kAccumulate>
+// j < cols (a multiple of kPad). 4 rows × micro_cols accumulators stay in registers while k runs.
+template <typename T, int kIsa, bool kAccumulate>
 AFFSEG_ALWAYS_INLINE void tile_product(const T* const* a, int64_t rows, int64_t depth, const T* bt, int64_t ldb,
                                        int64_t cols, T* out, int64_t ldo) {
-  constexpr int64_t J = kLanes<T>;
+  constexpr bool kFma = kIsa >= cpu::kAvx2;
+  constexpr int64_t J = micro_cols<T>(kIsa);
   for (int64_t j0 = 0; j0 < cols; j0 += J) {
     for (int64_t r0 = 0; r0 < rows; r0 += kMicroRows) {
       const T* __restrict__ a0 = a[r0];
@@ -251,7 +265,7 @@ struct ForwardTask {
   T* lse;   // (n_all, W) of this batch
 };
 
-template <typename T, bool kFma, bool kFixedShift>
+template <typename T, int kIsa, bool kFixedShift>
 AFFSEG_ALWAYS_INLINE void forward_body(const ForwardTask<T>& t, const Options& o, Scratch<T>& s) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const Panel<T>& cols = *t.cols;
@@ -265,8 +279,8 @@ AFFSEG_ALWAYS_INLINE void forward_body(const ForwardTask<T>& t, const Options& o
   const pdcr::WeightMap<T> weights = pdcr::weight_map<T>(o.swapped);
   for (int64_t j0 = 0; j0 < cols.n; j0 += kTile) {
     const int64_t jn = std::min(kTile, cols.n - j0);
-    const int64_t jw = round_up(jn, kLanes<T>);
-    tile_product<T, kFma, false>(s.outer_rows.data(), rows4, o.C, cols.ft.data() + j0, cols.np, jw, s.dots.data(),
+    const int64_t jw = round_up(jn, kPad<T>);
+    tile_product<T, kIsa, false>(s.outer_rows.data(), rows4, o.C, cols.ft.data() + j0, cols.np, jw, s.dots.data(),
                                  kTile);
     for (int64_t r = 0; r < t.count; ++r) {
       T* __restrict__ logit = s.dots.data() + r * kTile;
@@ -351,7 +365,7 @@ struct GradTask {
   T* grad;  // (n_all, C) of this batch
 };
 
-template <typename T, bool kFma, bool kRowsOuter>
+template <typename T, int kIsa, bool kRowsOuter>
 AFFSEG_ALWAYS_INLINE void grad_body(const GradTask<T>& t, const Options& o, Scratch<T>& s) {
   const Panel<T>& in = *t.inner;
   const int64_t W = o.W, WK = o.W * o.K, cp = o.cp;
@@ -363,8 +377,8 @@ AFFSEG_ALWAYS_INLINE void grad_body(const GradTask<T>& t, const Options& o, Scra
   const pdcr::WeightMap<T> weights = pdcr::weight_map<T>(o.swapped);
   for (int64_t j0 = 0; j0 < in.n; j0 += kTile) {
     const int64_t jn = std::min(kTile, in.n - j0);
-    const int64_t jw = round_up(jn, kLanes<T>);
-    tile_product<T, kFma, false>(s.outer_rows.data(), rows4, o.C, in.ft.data() + j0, in.np, jw, s.dots.data(), kTile);
+    const int64_t jw = round_up(jn, kPad<T>);
+    tile_product<T, kIsa, false>(s.outer_rows.data(), rows4, o.C, in.ft.data() + j0, in.np, jw, s.dots.data(), kTile);
     for (int64_t r = 0; r < t.count; ++r) {
       T* __restrict__ logit = s.dots.data() + r * kTile;
       T* __restrict__ g = s.grads.data() + r * kTile;
@@ -410,23 +424,109 @@ AFFSEG_ALWAYS_INLINE void grad_body(const GradTask<T>& t, const Options& o, Scra
       const int64_t self = s.self_pos[r] - j0;
       if (self >= 0 && self < jn) g[self] = T(0);
     }
-    tile_product<T, kFma, true>(s.grad_rows.data(), rows4, jw, in.f.data() + j0 * o.ldf, o.ldf, cp, s.acc.data(),
+    tile_product<T, kIsa, true>(s.grad_rows.data(), rows4, jw, in.f.data() + j0 * o.ldf, o.ldf, cp, s.acc.data(),
                                 cp);
   }
   for (int64_t r = 0; r < t.count; ++r) std::copy_n(s.acc.data() + r * cp, o.C, t.grad + t.items[r] * o.C);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Intra-layer backward (one feature set as rows and columns): one sweep. ŝ and d are symmetric, so
+// the pair (k, j) gives both k's row term G_kj (k's statistics) and j's row term G_jk (j's), and
+//   grad_f_k = Σ_j H_kj f_j,  H_kj = G_kj + G_jk
+//            = Σ_w [w⁻·(c_k·p_kjw + c_j·p_jkw) − w⁺·(b_k + b_j)],  c = g·inv_tau/W, b = c/n,
+// from one similarity tile and one gradient product; each output row is written by the one task
+// that owns it (deterministic, no atomics). Under a fixed shift c_k·p_kjw + c_j·p_jkw =
+// exp(ŝw⁻)·(a_kw + a_jw) with a = c·exp(−lse) per item and window: one exp per pair and window, as
+// in the forward (exp(−lse) is a normal number there: |lse| ≤ 60 + ln n; a call whose a would
+// overflow takes the other path). Otherwise two exps, exp(ŝw⁻ − lse) for each side.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct IntraTask {
+  Side<T> side;
+  const Panel<T>* panel;  // the batch's valid items and their row statistics
+  int64_t start, count;   // outer items: panel positions start .. start + count − 1
+  T inv_tau;
+  T* grad;  // (n_all, C) of this batch
+};
+
+template <typename T, int kIsa, bool kFixedShift>
+AFFSEG_ALWAYS_INLINE void intra_grad_body(const IntraTask<T>& t, const Options& o, Scratch<T>& s) {
+  const Panel<T>& in = *t.panel;
+  const int64_t W = o.W, WK = o.W * o.K, cp = o.cp, np = in.np;
+  const int64_t* items = in.idx.data() + t.start;
+  gather_outer(t.side, items, t.count, in, o, s);
+  const int64_t rows4 = round_up(t.count, kMicroRows);
+  std::fill(s.acc.begin(), s.acc.begin() + rows4 * cp, T(0));
+  std::fill(s.grads.begin() + t.count * kTile, s.grads.begin() + rows4 * kTile, T(0));
+  const T inv_tau = t.inv_tau;
+  const pdcr::WeightMap<T> weights = pdcr::weight_map<T>(o.swapped);
+  for (int64_t j0 = 0; j0 < in.n; j0 += kTile) {
+    const int64_t jn = std::min(kTile, in.n - j0);
+    const int64_t jw = round_up(jn, kPad<T>);
+    tile_product<T, kIsa, false>(s.outer_rows.data(), rows4, o.C, in.ft.data() + j0, np, jw, s.dots.data(), kTile);
+    const T* __restrict__ c_col = in.row_coef.data() + j0;
+    const T* __restrict__ b_col = in.pos_coef.data() + j0;
+    for (int64_t r = 0; r < t.count; ++r) {
+      const int64_t q = t.start + r;
+      const T c_row = in.row_coef[q];
+      const T b_row = in.pos_coef[q];
+      T* __restrict__ logit = s.dots.data() + r * kTile;
+      T* __restrict__ h = s.grads.data() + r * kTile;
+#pragma omp simd
+      for (int64_t j = 0; j < jn; ++j) logit[j] = pdcr::scaled_logit(logit[j], inv_tau);
+      // Columns jn .. jw − 1 are padding: zero weights for the gradient product.
+      for (int64_t j = jn; j < jw; ++j) h[j] = T(0);
+      for (int64_t w = 0; w < W; ++w) {
+        T* __restrict__ div = s.div.data();
+        tile_divergence(s.ratios.data() + r * WK + w * o.K, in.pt.data() + w * o.K * np + j0, np, jn, o, div);
+        const T stat_row = in.row_stat[w * np + q];
+        const T* __restrict__ stat_col = in.row_stat.data() + w * np + j0;
+        const auto term = [&](int64_t j) __attribute__((always_inline)) {
+          T w_pos, w_neg;
+          pdcr::pair_weights(div[j], weights, w_pos, w_neg);
+          const T x = logit[j] * w_neg;
+          T both;
+          if constexpr (kFixedShift) {
+            both = simd::exp(x) * (stat_row + stat_col[j]);
+          } else {
+            both = simd::exp(x - stat_row) * c_row + simd::exp(x - stat_col[j]) * c_col[j];
+          }
+          return w_neg * both - w_pos * (b_row + b_col[j]);
+        };
+        // The first window starts the sum: h still holds the last tile's weights.
+        if (w == 0) {
+#pragma omp simd
+          for (int64_t j = 0; j < jn; ++j) h[j] = term(j);
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < jn; ++j) h[j] += term(j);
+        }
+      }
+      const int64_t self = s.self_pos[r] - j0;
+      if (self >= 0 && self < jn) h[self] = T(0);
+    }
+    tile_product<T, kIsa, true>(s.grad_rows.data(), rows4, jw, in.f.data() + j0 * o.ldf, o.ldf, cp, s.acc.data(),
+                                cp);
+  }
+  for (int64_t r = 0; r < t.count; ++r) std::copy_n(s.acc.data() + r * cp, o.C, t.grad + items[r] * o.C);
+}
+
 // The task entry points, one build per ISA (affseg/cpu_isa.h); the bodies above are forced inline
-// into each, so they are compiled for its target. FMA from AVX2 up.
+// into each, so they are compiled for its target. FMA from AVX2 up, two zmm per micro-kernel row with AVX-512.
 #define AFFSEG_PDCR_LOOPS                                                                        \
   struct Loops {                                                                                 \
     template <typename T, bool kFixedShift>                                                      \
     static void forward(const ForwardTask<T>& t, const Options& o, Scratch<T>& s) {              \
-      forward_body<T, (kIsaLevel >= ::affseg::cpu::kAvx2), kFixedShift>(t, o, s);                \
+      forward_body<T, kIsaLevel, kFixedShift>(t, o, s);                \
     }                                                                                            \
     template <typename T, bool kRowsOuter>                                                       \
     static void grad(const GradTask<T>& t, const Options& o, Scratch<T>& s) {                    \
-      grad_body<T, (kIsaLevel >= ::affseg::cpu::kAvx2), kRowsOuter>(t, o, s);                    \
+      grad_body<T, kIsaLevel, kRowsOuter>(t, o, s);                    \
+    }                                                                                            \
+    template <typename T, bool kFixedShift>                                                      \
+    static void intra_grad(const IntraTask<T>& t, const Options& o, Scratch<T>& s) {             \
+      intra_grad_body<T, kIsaLevel, kFixedShift>(t, o, s);             \
     }                                                                                            \
   };
 AFFSEG_FOR_EACH_ISA(AFFSEG_PDCR_LOOPS)
@@ -436,6 +536,8 @@ template <typename T>
 using ForwardFn = void (*)(const ForwardTask<T>&, const Options&, Scratch<T>&);
 template <typename T>
 using GradFn = void (*)(const GradTask<T>&, const Options&, Scratch<T>&);
+template <typename T>
+using IntraGradFn = void (*)(const IntraTask<T>&, const Options&, Scratch<T>&);
 
 // ---------------------------------------------------------------------------------------------
 // Drivers.
@@ -466,6 +568,15 @@ T max_ratio_sum(const T* phi, int64_t rows, int64_t K, bool fg_l1) {
     best = (sum > best || sum != sum) ? sum : best;
   }
   return best;
+}
+
+// Whether the data bound every |ŝ·w⁻| below pdcr::fixed_shift_limit, so that the exp sums need no
+// running maximum (the forward and the intra-layer backward decide it alike).
+template <typename T>
+bool uses_fixed_shift(const T* pa, const T* pb, const Options& o, Dims d, T inv_tau) {
+  const T bound = pdcr::logit_bound(inv_tau, max_ratio_sum(pa, d.B * o.W * d.N, o.K, o.fg_l1),
+                                    max_ratio_sum(pb, d.B * o.W * d.M, o.K, o.fg_l1), o.fg_l1);
+  return bound <= pdcr::fixed_shift_limit<T>();
 }
 
 // Each task: one batch and up to kBlock consecutive entries of that batch's item list.
@@ -509,9 +620,7 @@ void forward_impl(const at::Tensor& fa, const at::Tensor& pa, const at::Tensor& 
       }
     }
   }
-  const T bound = pdcr::logit_bound(inv_tau, max_ratio_sum(pa_p, d.B * W * d.N, K, o.fg_l1),
-                                    max_ratio_sum(pb_p, d.B * W * d.M, K, o.fg_l1), o.fg_l1);
-  const bool fixed_shift = bound <= pdcr::fixed_shift_limit<T>();
+  const bool fixed_shift = uses_fixed_shift(pa_p, pb_p, o, d, inv_tau);
   ForwardFn<T> forward = nullptr;
   AFFSEG_DISPATCH_ISA(forward = fixed_shift ? &isa::Loops::forward<T, true> : &isa::Loops::forward<T, false>);
   const std::vector<TaskRange> tasks = split(rows);
@@ -623,13 +732,83 @@ void backward_impl(const at::Tensor& grad_row, const at::Tensor& fa, const at::T
   }
 }
 
+// Intra-layer backward: grad_f of Σ_i g_i·r_i with f, φ and valid as both rows and columns.
+template <typename T>
+void intra_backward_impl(const at::Tensor& grad_row, const at::Tensor& f, const at::Tensor& phi,
+                         const at::Tensor& valid, const at::Tensor& lse, const Options& o, Dims d, T inv_tau,
+                         at::Tensor& grad_f) {
+  const T* g_p = grad_row.data_ptr<T>();
+  const T* f_p = f.data_ptr<T>();
+  const T* phi_p = phi.data_ptr<T>();
+  const bool* v_p = valid.data_ptr<bool>();
+  const T* lse_p = lse.data_ptr<T>();
+  T* grad_p = grad_f.data_ptr<T>();
+  const int64_t C = o.C, W = o.W, K = o.K, N = d.N;
+  std::vector<Panel<T>> panels(d.B);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < d.B; ++b) {
+    Panel<T>& p = panels[b];
+    p.fill(f_p + b * N * C, phi_p + b * W * N * K, N, valid_items(v_p + b * N, N), C, o.ldf, W, K);
+    p.row_coef.assign(p.np, T(0));
+    p.pos_coef.assign(p.np, T(0));
+    for (int64_t t = 0; t < p.n; ++t) {
+      const int64_t i = p.idx[t];
+      const int64_t n = column_count(o, v_p + b * N, N, p.n, i);
+      const T g = g_p[b * N + i];
+      if (n == 0 || g == T(0)) continue;
+      p.row_coef[t] = g * inv_tau / T(W);
+      p.pos_coef[t] = p.row_coef[t] / T(n);
+    }
+  }
+  // Items without a row gradient contribute only as columns: c = 0 and a statistic that makes their
+  // term exactly 0 (a = 0, or lse = +inf).
+  const auto fill_stats = [&](bool fixed) {
+    bool finite = true;
+    for (int64_t b = 0; b < d.B; ++b) {
+      Panel<T>& p = panels[b];
+      p.row_stat.assign(W * p.np, fixed ? T(0) : std::numeric_limits<T>::infinity());
+      for (int64_t t = 0; t < p.n; ++t) {
+        if (p.row_coef[t] == T(0)) continue;
+        for (int64_t w = 0; w < W; ++w) {
+          const T l = lse_p[(b * N + p.idx[t]) * W + w];
+          const T stat = fixed ? p.row_coef[t] * std::exp(-l) : l;
+          finite = finite && std::isfinite(stat);
+          p.row_stat[w * p.np + t] = stat;
+        }
+      }
+    }
+    return finite;
+  };
+  // A non-finite a from finite inputs (an overflowing |g|·inv_tau·e^60) must not reach the sums;
+  // a NaN or infinite lse or g takes the two-exp path too, which propagates it as the reference does.
+  bool fixed_shift = uses_fixed_shift(phi_p, phi_p, o, d, inv_tau);
+  if (fixed_shift && !fill_stats(true)) fixed_shift = false;
+  if (!fixed_shift) fill_stats(false);
+  IntraGradFn<T> grad = nullptr;
+  AFFSEG_DISPATCH_ISA(grad = fixed_shift ? &isa::Loops::intra_grad<T, true> : &isa::Loops::intra_grad<T, false>);
+  std::vector<std::vector<int64_t>> items(d.B);
+  for (int64_t b = 0; b < d.B; ++b) items[b] = panels[b].idx;
+  const std::vector<TaskRange> tasks = split(items);
+#pragma omp parallel
+  {
+    Scratch<T> scratch(o);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ti = 0; ti < static_cast<int64_t>(tasks.size()); ++ti) {
+      const TaskRange& tr = tasks[ti];
+      const IntraTask<T> task{{f_p + tr.b * N * C, phi_p + tr.b * W * N * K, N}, &panels[tr.b], tr.start, tr.count,
+                              inv_tau, grad_p + tr.b * N * C};
+      grad(task, o, scratch);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Torch glue.
 // ---------------------------------------------------------------------------------------------
 Options make_options(const at::Tensor& fa, const at::Tensor& pa, bool swapped, bool fg_l1, bool exclude_self) {
   const int64_t C = fa.size(2);
   const int64_t lanes = fa.scalar_type() == at::kFloat ? kLanes<float> : kLanes<double>;
-  const int64_t cp = round_up(C, lanes);
+  const int64_t cp = round_up(C, 2 * lanes);  // kPad
   // Odd number of 64-byte lines per row, for the same reason as Panel::np.
   const int64_t ldf = (cp / lanes) % 2 == 0 ? cp + lanes : cp;
   return Options{C, cp, ldf, pa.size(1), pa.size(3), swapped, fg_l1, exclude_self};
@@ -660,13 +839,7 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cpu(const at::Tensor& grad_row, cons
   check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCPU);
   const Options o = make_options(fa, phia, swapped, fg_l1, exclude_self);
   const Dims d{fa.size(0), fa.size(1), fb.size(1)};
-  AFFSEG_CHECK_SAME_DTYPE(fa, grad_row);
-  AFFSEG_CHECK_SAME_DTYPE(fa, row_lse);
-  TORCH_CHECK(grad_row.dim() == 2 && grad_row.size(0) == d.B && grad_row.size(1) == d.N, "grad_row must be (B, N)");
-  TORCH_CHECK(row_lse.dim() == 3 && row_lse.size(0) == d.B && row_lse.size(1) == d.N && row_lse.size(2) == o.W,
-              "row_lse must be (B, N, W)");
-  AFFSEG_CHECK_DEVICE(grad_row, at::kCPU);
-  AFFSEG_CHECK_DEVICE(row_lse, at::kCPU);
+  check_pdcr_bwd_inputs(grad_row, row_lse, fa, phia, at::kCPU);
   const at::Tensor g = grad_row.contiguous();
   const at::Tensor lse = row_lse.contiguous();
   at::Tensor grad_fa = at::zeros_like(fa);
@@ -680,10 +853,36 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cpu(const at::Tensor& grad_row, cons
   return {grad_fa, grad_fb};
 }
 
+std::tuple<at::Tensor, at::Tensor> pdcr_intra_fwd_cpu(const at::Tensor& f, const at::Tensor& phi,
+                                                      const at::Tensor& valid, double inv_tau, bool swapped,
+                                                      bool fg_l1, bool exclude_self) {
+  return pdcr_fwd_cpu(f, phi, f, phi, valid, valid, inv_tau, swapped, fg_l1, exclude_self);
+}
+
+at::Tensor pdcr_intra_bwd_cpu(const at::Tensor& grad_row, const at::Tensor& f, const at::Tensor& phi,
+                              const at::Tensor& valid, const at::Tensor& row_lse, double inv_tau, bool swapped,
+                              bool fg_l1, bool exclude_self) {
+  check_pdcr_inputs(f, phi, f, phi, valid, valid, at::kCPU);
+  check_pdcr_bwd_inputs(grad_row, row_lse, f, phi, at::kCPU);
+  const Options o = make_options(f, phi, swapped, fg_l1, exclude_self);
+  const Dims d{f.size(0), f.size(1), f.size(1)};
+  const at::Tensor g = grad_row.contiguous();
+  const at::Tensor lse = row_lse.contiguous();
+  at::Tensor grad_f = at::zeros_like(f);
+  if (f.scalar_type() == at::kFloat) {
+    intra_backward_impl<float>(g, f, phi, valid, lse, o, d, static_cast<float>(inv_tau), grad_f);
+  } else {
+    intra_backward_impl<double>(g, f, phi, valid, lse, o, d, inv_tau, grad_f);
+  }
+  return grad_f;
+}
+
 }  // namespace
 }  // namespace affseg
 
 TORCH_LIBRARY_IMPL(affseg, CPU, m) {
   m.impl("pdcr_fwd", &affseg::pdcr_fwd_cpu);
   m.impl("pdcr_bwd", &affseg::pdcr_bwd_cpu);
+  m.impl("pdcr_intra_fwd", &affseg::pdcr_intra_fwd_cpu);
+  m.impl("pdcr_intra_bwd", &affseg::pdcr_intra_bwd_cpu);
 }

@@ -63,15 +63,7 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cuda(const at::Tensor& grad_row, con
                                                  bool exclude_self) {
   check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCUDA);
   check_cuda_limits(fa, phia);
-  AFFSEG_CHECK_SAME_DTYPE(fa, grad_row);
-  AFFSEG_CHECK_SAME_DTYPE(fa, row_lse);
-  AFFSEG_CHECK_DEVICE(grad_row, at::kCUDA);
-  AFFSEG_CHECK_DEVICE(row_lse, at::kCUDA);
-  TORCH_CHECK(grad_row.dim() == 2 && grad_row.size(0) == fa.size(0) && grad_row.size(1) == fa.size(1),
-              "grad_row must be (B, N)");
-  TORCH_CHECK(row_lse.dim() == 3 && row_lse.size(0) == fa.size(0) && row_lse.size(1) == fa.size(1) &&
-                  row_lse.size(2) == phia.size(1),
-              "row_lse must be (B, N, W)");
+  check_pdcr_bwd_inputs(grad_row, row_lse, fa, phia, at::kCUDA);
   const c10::cuda::CUDAGuard guard(fa.device());
   const at::Tensor g = grad_row.contiguous();
   const at::Tensor lse = row_lse.contiguous();
@@ -94,10 +86,27 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cuda(const at::Tensor& grad_row, con
   return {grad_fa, grad_fb};
 }
 
+// Intra-layer ops: the same kernels with one feature set as rows and columns. The CUDA backward has
+// no one-sweep kernel (the CPU one, csrc/cpu/pdcr.cpp); its two sweeps' gradients are summed here.
+std::tuple<at::Tensor, at::Tensor> pdcr_intra_fwd_cuda(const at::Tensor& f, const at::Tensor& phi,
+                                                       const at::Tensor& valid, double inv_tau, bool swapped,
+                                                       bool fg_l1, bool exclude_self) {
+  return pdcr_fwd_cuda(f, phi, f, phi, valid, valid, inv_tau, swapped, fg_l1, exclude_self);
+}
+
+at::Tensor pdcr_intra_bwd_cuda(const at::Tensor& grad_row, const at::Tensor& f, const at::Tensor& phi,
+                               const at::Tensor& valid, const at::Tensor& row_lse, double inv_tau, bool swapped,
+                               bool fg_l1, bool exclude_self) {
+  auto grads = pdcr_bwd_cuda(grad_row, f, phi, f, phi, valid, valid, row_lse, inv_tau, swapped, fg_l1, exclude_self);
+  return std::get<0>(grads).add_(std::get<1>(grads));
+}
+
 }  // namespace
 }  // namespace affseg
 
 TORCH_LIBRARY_IMPL(affseg, CUDA, m) {
   m.impl("pdcr_fwd", &affseg::pdcr_fwd_cuda);
   m.impl("pdcr_bwd", &affseg::pdcr_bwd_cuda);
+  m.impl("pdcr_intra_fwd", &affseg::pdcr_intra_fwd_cuda);
+  m.impl("pdcr_intra_bwd", &affseg::pdcr_intra_bwd_cuda);
 }

@@ -46,6 +46,23 @@ inline void check_pdcr_inputs(const at::Tensor& fa, const at::Tensor& pa, const 
   TORCH_CHECK(pa.size(1) >= 1, "pdcr needs at least one window");
 }
 
+// The backward's extra inputs, against the forward's fa (B,N,C) and phia (B,W,N,K): grad_row (B,N)
+// and row_lse (B,N,W), fa's dtype, on `device`.
+inline void check_pdcr_bwd_inputs(const at::Tensor& grad_row, const at::Tensor& row_lse, const at::Tensor& fa,
+                                  const at::Tensor& pa, at::DeviceType device) {
+  AFFSEG_CHECK_SAME_DTYPE(fa, grad_row);
+  AFFSEG_CHECK_SAME_DTYPE(fa, row_lse);
+  AFFSEG_CHECK_DEVICE(grad_row, device);
+  AFFSEG_CHECK_DEVICE(row_lse, device);
+  TORCH_CHECK(grad_row.device() == fa.device() && row_lse.device() == fa.device(),
+              "pdcr: every input must be on one device");
+  TORCH_CHECK(grad_row.dim() == 2 && grad_row.size(0) == fa.size(0) && grad_row.size(1) == fa.size(1),
+              "grad_row must be (B, N), got ", grad_row.sizes());
+  TORCH_CHECK(row_lse.dim() == 3 && row_lse.size(0) == fa.size(0) && row_lse.size(1) == fa.size(1) &&
+                  row_lse.size(2) == pa.size(1),
+              "row_lse must be (B, N, W), got ", row_lse.sizes());
+}
+
 // cos_lse_fwd / cos_lse_bwd: f (B,N,C) floating, valid (B,N) bool.
 inline void check_cos_lse_inputs(const at::Tensor& f, const at::Tensor& valid, at::DeviceType device) {
   AFFSEG_CHECK_FLOAT(f);
