@@ -149,6 +149,26 @@ def _dense_lse(f, valid, inv_tau):
     return torch.logsumexp((f @ f.transpose(1, 2) * inv_tau).masked_fill(~keep, float("-inf")), dim=-1)
 
 
+def test_cpu_backward_extreme_row_gradients():
+    # Two antipodal unit rows at inv_tau = 40 (the largest with the fixed shift in float32): lse = −40,
+    # so a·exp(inv_tau − lse) = a·e^80 overflows for a = 1e6 although every a·p is finite. The one-exp
+    # backward must give way to the two-exp one, not return inf; a NaN gradient must propagate.
+    f = torch.zeros(1, 3, 4)
+    f[0, 0, 0], f[0, 1, 0], f[0, 2, 1] = 1.0, -1.0, 1.0
+    valid = torch.tensor([[True, True, False]])
+    lse = torch.ops.affseg.cos_lse_fwd(f, valid, 40.0)
+    torch.testing.assert_close(lse[0, :2], torch.full((2,), -40.0))
+    x = f.double().requires_grad_()
+    dense = _dense_lse(x, valid, 40.0)
+    for value in (1e6, float("nan")):
+        grad = torch.tensor([[value, 1e-3, 0.0]])
+        got = torch.ops.affseg.cos_lse_bwd(grad, f, valid, lse, 40.0)
+        (want,) = torch.autograd.grad(dense[:, :2], x, grad.double()[:, :2], retain_graph=True)
+        assert bool(torch.isfinite(got).all()) == (value == value)
+        if value == value:
+            torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-3)
+
+
 def test_torch_compile_fullgraph():
     # The _ops layer under the public API: backend resolution (a dispatcher query) is not traceable.
     from affseg._ops import supcon as ops
@@ -197,10 +217,12 @@ import affseg
 from affseg import reference
 torch.manual_seed(0)
 for dtype, tol in ((torch.float32, dict(rtol=1e-4, atol=1e-5)), (torch.float64, dict(rtol=1e-10, atol=1e-12))):
-    for labels in (torch.randint(0, 4, (2, 300)), torch.rand(2, 300, 4, dtype=dtype).softmax(-1)):
+    # tau 0.2: the fixed-shift LSE (one exp per pair); 0.01: the running maximum (two exps backward).
+    for labels, tau in ((torch.randint(0, 4, (2, 300)), 0.2), (torch.rand(2, 300, 4, dtype=dtype).softmax(-1), 0.2),
+                        (torch.randint(0, 4, (2, 300)), 0.01)):
         emb = torch.randn(2, 300, 33, dtype=dtype, requires_grad=True)
-        got = affseg.soft_supcon_loss(emb, labels, tau=0.2, backend="cpu")
-        want = reference.soft_supcon_loss(emb, labels, tau=0.2)
+        got = affseg.soft_supcon_loss(emb, labels, tau=tau, backend="cpu")
+        want = reference.soft_supcon_loss(emb, labels, tau=tau)
         torch.testing.assert_close(got, want, **tol)
         torch.testing.assert_close(torch.autograd.grad(got, emb)[0], torch.autograd.grad(want, emb)[0], **tol)
 print("ok")

@@ -1,14 +1,19 @@
 // CPU kernels for the soft SupCon denominator (SPEC §4): cos_lse_fwd / cos_lse_bwd.
 //
-// Layout: each batch item's unit rows are copied once, zero-padded to Npad rows (a multiple of the
-// dot micro-tile) and Cpad channels, both row-major (Npad, Cpad) for the backward's Σ w_jk f_k and
-// transposed (Cpad, Npad) so the dot micro-kernel's inner loop runs over contiguous columns. A
-// thread owns kRows rows and sweeps all columns in tiles of kTile: dot products in a register-blocked
-// kRows × 2-vector micro-kernel (GCC vector extensions), then an `omp simd` pass over the tile for
-// the online log-sum-exp (forward) or the pair weights (backward). The loops are compiled per ISA
-// (affseg/cpu_isa.h): 16-byte vectors on the SSE2 baseline the extension is built for, 32-byte ones
-// from AVX2 up (2-3× faster), picked at run time. Nothing of size N² is stored; extra memory is
-// the two padded copies, O(N·C). Per-element math: supcon_math.h.
+// Math: supcon_math.h. lse_i = LSE_{k≠i, valid_k} inv_tau·f_i·f_k; the backward is one row sweep
+// using the symmetry of the similarity matrix (w_jk holds both j's and k's terms).
+// Layout: each batch item's unit rows are copied once, zero-padded to Npad rows and Cpad channels
+// (multiples of cpu_tiles.h's kPad), row-major (Npad, Cpad) for the backward's Σ_k w_jk f_k and
+// transposed (Cpad, ldt) for the dot tiles. One OpenMP task per (item, block of 32 rows) sweeps the
+// columns in tiles of 256: the 32 × 256 dot tile from cpu_tiles.h's register-blocked micro-kernel
+// (two zmm per row with AVX-512, two ymm with AVX2), then an `omp simd` pass over the tile. For
+// τ ≥ 0.025 (float32) the LSE uses the fixed shift inv_tau (|s| ≤ inv_tau on unit rows): one exp per
+// pair forward, and one per pair backward with a_k·exp(inv_tau − lse_k) precomputed per row;
+// otherwise an online maximum forward and two exps per pair backward. The loops are compiled per
+// ISA (affseg/cpu_isa.h) and picked at run time.
+// FLOPs: forward 2·N²·C (dots) + N² exps; backward 4·N²·C (dots and the gradient product) + N²
+// exps (two below τ = 0.025). Bytes: O(N·C) in and out, O(N) row statistics; nothing of size N²
+// (the tiles are per thread: 32 × 256 logits and 32 × Cpad accumulators).
 // Limits: float32/float64 unit rows f (B, N, C), valid (B, N) bool; no size limit (int64 indexing).
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -29,126 +34,102 @@
 // pair_weight as branches and the `omp simd` loops over a tile stay scalar. Functions defined before
 // the pragma (std::max, ...) are not inlined into the ones after it, so the hot loops avoid them.
 #pragma GCC optimize("no-trapping-math")
-// 32-byte vector helpers are always inlined into AVX2 code, so the note that passing them by value
-// would change the ABI without AVX does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "affseg/cpu_tiles.h"
 #include "affseg/simd_math.h"
 #include "affseg/supcon_math.h"
 
 namespace affseg {
 namespace {
 
-constexpr int kRows = 4;        // rows per task and per micro-kernel
-constexpr int64_t kTile = 256;  // columns per tile: kRows · kTile logits stay in L1
-constexpr int64_t kPadBytes = 64;  // rows and channels are padded to two of the widest (AVX2) vectors
+using namespace cpu::tiles;
 
-#define AFFSEG_ALWAYS_INLINE __attribute__((always_inline)) inline
+constexpr int64_t kBlock = 32;  // rows per task (a multiple of kMicroRows)
+constexpr int64_t kTile = 256;  // columns per tile (a multiple of kPad): 32 × 256 logits stay in L2
 
-// VB-byte vectors of T (GCC vector extensions): 16 bytes on the SSE2 baseline, 32 bytes in the AVX2
-// builds (affseg/cpu_isa.h), whose target reaches these helpers through forced inlining.
-template <typename T, int VB>
-struct Vec {
-  typedef T type __attribute__((vector_size(VB)));
-};
-
-template <typename T>
-int64_t padded(int64_t n) {
-  constexpr int64_t step = kPadBytes / sizeof(T);
-  return (n + step - 1) / step * step;
-}
-
-template <typename V, typename T>
-AFFSEG_ALWAYS_INLINE V load_vec(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-
-template <typename V, typename T>
-AFFSEG_ALWAYS_INLINE void store_vec(T* p, V v) {
-  std::memcpy(p, &v, sizeof(V));
-}
-
-// Unit rows of one call, zero-padded: rows (B, Npad, Cpad) and transposed (B, Cpad, Npad).
+// Unit rows of one call, zero-padded: rows (B, Npad, Cpad) and transposed (B, Cpad, ldt) with
+// ldt ≥ Npad an odd number of 64-byte lines, so that the c-major rows the micro-kernel reads one
+// after another fall into different L1 sets (N = 8192 would put all of them on one).
 struct Padded {
   at::Tensor rows, transposed;
-  int64_t npad, cpad;
+  int64_t npad, cpad, ldt;
 };
 
 template <typename T>
 Padded pad_features(const at::Tensor& f) {
   const int64_t B = f.size(0), N = f.size(1), C = f.size(2);
   Padded p;
-  p.npad = padded<T>(N);
-  p.cpad = padded<T>(C);
+  p.npad = round_up(std::max<int64_t>(N, 1), kPad<T>);
+  p.cpad = round_up(std::max<int64_t>(C, 1), kPad<T>);
+  p.ldt = (p.npad / kLanes<T>) % 2 == 0 ? p.npad + kLanes<T> : p.npad;
   p.rows = at::zeros({B, p.npad, p.cpad}, f.options());
   p.rows.narrow(1, 0, N).narrow(2, 0, C).copy_(f);
-  p.transposed = p.rows.transpose(1, 2).contiguous();
+  p.transposed = at::zeros({B, p.cpad, p.ldt}, f.options());
+  p.transposed.narrow(2, 0, p.npad).copy_(p.rows.transpose(1, 2));
   return p;
 }
 
 template <typename T>
 struct Args {
-  const T* rows;  // padded (B, Npad, Cpad)
-  const T* ft;    // padded (B, Cpad, Npad)
+  const T* rows;     // padded (B, Npad, Cpad)
+  const T* ft;       // padded (B, Cpad, ldt)
+  const T* colmask;  // (B, N) valid as 0/1 (a bool load would keep the tile loops scalar)
   const bool* valid;
-  int64_t B, N, C, npad, cpad;
+  int64_t B, N, C, npad, cpad, ldt;
   T inv_tau;
+  bool fixed_shift;  // supcon::fixed_shift(inv_tau): exp(s − inv_tau) needs no running maximum
 };
 
-// dots[r][j] = f_{row r} · f_{j0 + j} for j < width (a multiple of two vectors).
-template <typename T, int VB>
-AFFSEG_ALWAYS_INLINE void dot_tile(const T* const rows[kRows], const T* ft, int64_t npad, int64_t cpad, int64_t j0,
-                                   int64_t width, T (*dots)[kTile]) {
-  using V = typename Vec<T, VB>::type;
-  constexpr int64_t L = VB / sizeof(T);
-  for (int64_t j = 0; j < width; j += 2 * L) {
-    V acc[kRows][2] = {};
-    const T* col = ft + j0 + j;
-    for (int64_t c = 0; c < cpad; ++c) {
-      const V b0 = load_vec<V>(col + c * npad);
-      const V b1 = load_vec<V>(col + c * npad + L);
-      for (int r = 0; r < kRows; ++r) {
-        const T a = rows[r][c];
-        acc[r][0] += a * b0;
-        acc[r][1] += a * b1;
-      }
-    }
-    for (int r = 0; r < kRows; ++r) {
-      store_vec(dots[r] + j, acc[r][0]);
-      store_vec(dots[r] + j + L, acc[r][1]);
-    }
-  }
+// The rows i0 .. i0 + count − 1 of item b as micro-kernel operands (rows4 of them, the padding ones
+// pointing at the zero row Npad − 1 or, when N = Npad, at the last row: computed, never used).
+template <typename T>
+AFFSEG_ALWAYS_INLINE int64_t block_rows(const Args<T>& a, int64_t b, int64_t i0, int64_t count,
+                                        const T* rows[kBlock]) {
+  const int64_t rows4 = round_up(count, kMicroRows);
+  for (int64_t r = 0; r < rows4; ++r) rows[r] = a.rows + (b * a.npad + std::min(i0 + r, a.npad - 1)) * a.cpad;
+  return rows4;
 }
 
-// Forward for rows i0 .. i0 + kRows - 1 of item b: online LSE over column tiles.
-template <typename T, int VB>
-AFFSEG_ALWAYS_INLINE void forward_block(const Args<T>& a, int64_t b, int64_t i0, T* lse) {
+// Forward for rows i0 .. i0 + count − 1 of item b: the LSE over column tiles, with the fixed shift
+// inv_tau (|s| ≤ inv_tau on unit rows: one exp pass) or an online maximum.
+template <typename T, int kIsa>
+AFFSEG_ALWAYS_INLINE void forward_block(const Args<T>& a, int64_t b, int64_t i0, int64_t count, T* dots,
+                                        T* lse) {
   const T neg_inf = supcon::neg_inf<T>();
-  alignas(64) T dots[kRows][kTile];
-  const bool* vb = a.valid + b * a.N;
-  const T* ft = a.ft + b * a.cpad * a.npad;
-  const T* rows[kRows];
-  for (int r = 0; r < kRows; ++r) rows[r] = a.rows + (b * a.npad + std::min(i0 + r, a.N - 1)) * a.cpad;
-  T m[kRows], s[kRows];
-  bool nan[kRows];
-  for (int r = 0; r < kRows; ++r) {
+  const T* mask = a.colmask + b * a.N;
+  const T* ft = a.ft + b * a.cpad * a.ldt;
+  const T* rows[kBlock];
+  const int64_t rows4 = block_rows(a, b, i0, count, rows);
+  T m[kBlock], s[kBlock];
+  bool nan[kBlock];
+  for (int64_t r = 0; r < kBlock; ++r) {
     m[r] = neg_inf;
     s[r] = T(0);
     nan[r] = false;
   }
+  const T inv_tau = a.inv_tau;
   for (int64_t j0 = 0; j0 < a.N; j0 += kTile) {
     const int64_t width = std::min(kTile, a.npad - j0);
     const int64_t live = std::min(kTile, a.N - j0);
-    dot_tile<T, VB>(rows, ft, a.npad, a.cpad, j0, width, dots);
-    for (int r = 0; r < kRows; ++r) {
-      T* x = dots[r];
+    tile_product<T, kIsa, false>(rows, rows4, a.C, ft + j0, a.ldt, width, dots, kTile);
+    for (int64_t r = 0; r < count; ++r) {
+      T* x = dots + r * kTile;
       const int64_t diag = i0 + r - j0;
+      const T* mk = mask + j0;
+      if (a.fixed_shift) {
+        T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < live; ++j) {
+          const T e = simd::exp(x[j] * inv_tau - inv_tau);
+          sum += (mk[j] != T(0) && j != diag) ? e : T(0);
+        }
+        s[r] += sum;
+        continue;
+      }
       T tile_max = neg_inf;
       bool tile_nan = false;
 #pragma omp simd reduction(max : tile_max) reduction(| : tile_nan)
       for (int64_t j = 0; j < live; ++j) {
-        const T v = (vb[j0 + j] && j != diag) ? x[j] * a.inv_tau : neg_inf;
+        const T v = (mk[j] != T(0) && j != diag) ? x[j] * inv_tau : neg_inf;
         tile_nan |= v != v;
         tile_max = v > tile_max ? v : tile_max;  // not std::max: see the optimize pragma
         x[j] = v;
@@ -163,106 +144,106 @@ AFFSEG_ALWAYS_INLINE void forward_block(const Args<T>& a, int64_t b, int64_t i0,
       m[r] = new_max;
     }
   }
-  for (int r = 0; r < kRows && i0 + r < a.N; ++r) {
-    lse[b * a.N + i0 + r] = nan[r] ? std::numeric_limits<T>::quiet_NaN() : supcon::lse_finish(m[r], s[r]);
+  for (int64_t r = 0; r < count; ++r) {
+    T out;
+    if (a.fixed_shift) {
+      out = inv_tau + simd::log(s[r]);  // log 0 = −inf: no valid column; a NaN logit reached the sum
+    } else {
+      out = nan[r] ? std::numeric_limits<T>::quiet_NaN() : supcon::lse_finish(m[r], s[r]);
+    }
+    lse[b * a.N + i0 + r] = out;
   }
 }
 
-// Backward for rows i0 .. i0 + kRows - 1 of item b: grad f_j = inv_tau Σ_k w_jk f_k, one row sweep.
-// coef[k] = a_k (supcon::row_coefficient) and colmask[k] = valid_k as 0/1, precomputed per call (a
-// bool load would keep the weight loop scalar).
-template <typename T, int VB>
-AFFSEG_ALWAYS_INLINE void backward_block(const Args<T>& a, int64_t b, int64_t i0, const T* coef, const T* colmask,
-                                         const T* lse, T* accum, T* grad_f) {
-  using V = typename Vec<T, VB>::type;
-  constexpr int64_t L = VB / sizeof(T);
-  alignas(64) T w[kRows][kTile];
+// Backward for rows i0 .. i0 + count − 1 of item b: grad f_j = inv_tau Σ_k w_jk f_k, one row sweep.
+// coef[k] = a_k (supcon::row_coefficient); under the fixed shift scaled[k] = a_k·exp(inv_tau − lse_k)
+// so that w_jk = exp(s_jk − inv_tau)·(scaled_j [k used] + scaled_k [j used]): one exp per pair.
+template <typename T, int kIsa>
+AFFSEG_ALWAYS_INLINE void backward_block(const Args<T>& a, int64_t b, int64_t i0, int64_t count, const T* coef,
+                                         const T* scaled, const T* lse, T* w, T* accum, T* grad_f) {
+  const T* mask = a.colmask + b * a.N;
   const bool* vb = a.valid + b * a.N;
   const T* cb = coef + b * a.N;
-  const T* mb = colmask + b * a.N;
+  const T* sb = scaled + b * a.N;
   const T* lb = lse + b * a.N;
-  const T* ft = a.ft + b * a.cpad * a.npad;
+  const T* ft = a.ft + b * a.cpad * a.ldt;
   const T* fr = a.rows + b * a.npad * a.cpad;
-  const T* rows[kRows];
-  T a_row[kRows], l_row[kRows];
-  bool v_row[kRows];
+  const T* rows[kBlock];
+  const T* wrows[kBlock];
+  const int64_t rows4 = block_rows(a, b, i0, count, rows);
   bool any = false;
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t i = std::min(i0 + r, a.N - 1);
-    const bool live = i0 + r < a.N;
-    rows[r] = fr + i * a.cpad;
-    a_row[r] = live ? cb[i] : T(0);
-    l_row[r] = lb[i];
-    v_row[r] = live && vb[i];
-    any = any || a_row[r] != T(0) || v_row[r];
-  }
-  std::fill(accum, accum + kRows * a.cpad, T(0));
+  for (int64_t r = 0; r < count; ++r) any = any || cb[i0 + r] != T(0) || vb[i0 + r];
+  for (int64_t r = 0; r < rows4; ++r) wrows[r] = w + r * kTile;
+  std::fill(accum, accum + rows4 * a.cpad, T(0));
+  std::fill(w + count * kTile, w + rows4 * kTile, T(0));
+  const T inv_tau = a.inv_tau;
   for (int64_t j0 = 0; any && j0 < a.N; j0 += kTile) {
     const int64_t width = std::min(kTile, a.npad - j0);
     const int64_t live = std::min(kTile, a.N - j0);
-    dot_tile<T, VB>(rows, ft, a.npad, a.cpad, j0, width, w);
-    for (int r = 0; r < kRows; ++r) {
-      T* x = w[r];
-      const int64_t diag = i0 + r - j0;
-      const T a_j = a_row[r], l_j = l_row[r];
-      const bool v_j = v_row[r];
+    tile_product<T, kIsa, false>(rows, rows4, a.C, ft + j0, a.ldt, width, w, kTile);
+    for (int64_t r = 0; r < count; ++r) {
+      T* x = w + r * kTile;
+      const int64_t i = i0 + r, diag = i - j0;
+      const T a_j = cb[i], l_j = lb[i], s_j = sb[i];
+      const bool v_j = vb[i];
+      const T* mk = mask + j0;
+      const T* ck = cb + j0;
+      const T* lk = lb + j0;
+      const T* sk = sb + j0;
+      if (a.fixed_shift) {
 #pragma omp simd
-      for (int64_t j = 0; j < live; ++j) {
-        const T wt = supcon::pair_weight(x[j] * a.inv_tau, a_j, l_j, mb[j0 + j] != T(0), cb[j0 + j], lb[j0 + j], v_j);
-        x[j] = j == diag ? T(0) : wt;
+        for (int64_t j = 0; j < live; ++j) {
+          const T e = simd::exp(x[j] * inv_tau - inv_tau);
+          const bool use_forward = (mk[j] != T(0)) & (a_j != T(0));
+          const bool use_transposed = v_j & (ck[j] != T(0));
+          const T wt = (use_forward ? s_j * e : T(0)) + (use_transposed ? sk[j] * e : T(0));
+          x[j] = j == diag ? T(0) : wt;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < live; ++j) {
+          const T wt = supcon::pair_weight(x[j] * inv_tau, a_j, l_j, mk[j] != T(0), ck[j], lk[j], v_j);
+          x[j] = j == diag ? T(0) : wt;
+        }
       }
       for (int64_t j = live; j < width; ++j) x[j] = T(0);
     }
-    // accum[r][:] += Σ_j w[r][j] f_{j0+j}: a kRows × 2-vector register block per channel pair.
-    for (int64_t c = 0; c < a.cpad; c += 2 * L) {
-      V s[kRows][2];
-      for (int r = 0; r < kRows; ++r) {
-        s[r][0] = load_vec<V>(accum + r * a.cpad + c);
-        s[r][1] = load_vec<V>(accum + r * a.cpad + c + L);
-      }
-      const T* col = fr + j0 * a.cpad + c;
-      for (int64_t j = 0; j < width; ++j) {
-        const V b0 = load_vec<V>(col + j * a.cpad);
-        const V b1 = load_vec<V>(col + j * a.cpad + L);
-        for (int r = 0; r < kRows; ++r) {
-          s[r][0] += w[r][j] * b0;
-          s[r][1] += w[r][j] * b1;
-        }
-      }
-      for (int r = 0; r < kRows; ++r) {
-        store_vec(accum + r * a.cpad + c, s[r][0]);
-        store_vec(accum + r * a.cpad + c + L, s[r][1]);
-      }
-    }
+    tile_product<T, kIsa, true>(wrows, rows4, width, fr + j0 * a.cpad, a.cpad, a.cpad, accum, a.cpad);
   }
-  for (int r = 0; r < kRows && i0 + r < a.N; ++r) {
+  for (int64_t r = 0; r < count; ++r) {
     T* g = grad_f + (b * a.N + i0 + r) * a.C;
-    for (int64_t c = 0; c < a.C; ++c) g[c] = a.inv_tau * accum[r * a.cpad + c];
+    for (int64_t c = 0; c < a.C; ++c) g[c] = inv_tau * accum[r * a.cpad + c];
   }
 }
 
 // The OpenMP loops over (item, row block), one build per ISA (affseg/cpu_isa.h). The parallel region
-// is outlined from these functions, so it inherits their target; the block helpers are inlined into
-// it. Vectors: 16 bytes on the baseline, 32 bytes from AVX2 up (64-byte vectors would need 128-byte
-// padding of rows and channels, and the kernel is not measured on an AVX-512 machine yet).
+// is outlined from these functions, so it inherits their target; the block helpers are inlined into it.
 #define AFFSEG_SUPCON_LOOPS                                                                                   \
-  constexpr int kVecBytes = kIsaLevel == ::affseg::cpu::kBaseline ? 16 : 32;                                  \
   struct Loops {                                                                                              \
     template <typename T>                                                                                     \
     static void forward(const Args<T>& a, T* lse) {                                                           \
-      const int64_t blocks = (a.N + kRows - 1) / kRows;                                                       \
-      _Pragma("omp parallel for collapse(2) schedule(static)") for (int64_t b = 0; b < a.B; ++b) {            \
-        for (int64_t blk = 0; blk < blocks; ++blk) forward_block<T, kVecBytes>(a, b, blk * kRows, lse);      \
+      const int64_t blocks = (a.N + kBlock - 1) / kBlock;                                                     \
+      _Pragma("omp parallel") {                                                                               \
+        std::vector<T> dots(static_cast<size_t>(kBlock * kTile));                                             \
+        _Pragma("omp for collapse(2) schedule(dynamic, 1)") for (int64_t b = 0; b < a.B; ++b) {               \
+          for (int64_t blk = 0; blk < blocks; ++blk) {                                                        \
+            const int64_t i0 = blk * kBlock;                                                                  \
+            forward_block<T, kIsaLevel>(a, b, i0, std::min(kBlock, a.N - i0), dots.data(), lse);              \
+          }                                                                                                   \
+        }                                                                                                     \
       }                                                                                                       \
     }                                                                                                         \
     template <typename T>                                                                                     \
-    static void backward(const Args<T>& a, const T* coef, const T* colmask, const T* lse, T* grad_f) {        \
-      const int64_t blocks = (a.N + kRows - 1) / kRows;                                                       \
+    static void backward(const Args<T>& a, const T* coef, const T* scaled, const T* lse, T* grad_f) {         \
+      const int64_t blocks = (a.N + kBlock - 1) / kBlock;                                                     \
       _Pragma("omp parallel") {                                                                               \
-        std::vector<T> accum(static_cast<size_t>(kRows * a.cpad));                                            \
-        _Pragma("omp for collapse(2) schedule(static)") for (int64_t b = 0; b < a.B; ++b) {                   \
+        std::vector<T> w(static_cast<size_t>(kBlock * kTile));                                                \
+        std::vector<T> accum(static_cast<size_t>(kBlock * a.cpad));                                           \
+        _Pragma("omp for collapse(2) schedule(dynamic, 1)") for (int64_t b = 0; b < a.B; ++b) {               \
           for (int64_t blk = 0; blk < blocks; ++blk) {                                                        \
-            backward_block<T, kVecBytes>(a, b, blk * kRows, coef, colmask, lse, accum.data(), grad_f);        \
+            const int64_t i0 = blk * kBlock;                                                                  \
+            backward_block<T, kIsaLevel>(a, b, i0, std::min(kBlock, a.N - i0), coef, scaled, lse, w.data(),   \
+                                         accum.data(), grad_f);                                               \
           }                                                                                                   \
         }                                                                                                     \
       }                                                                                                       \
@@ -272,15 +253,26 @@ AFFSEG_FOR_EACH_ISA(AFFSEG_SUPCON_LOOPS)
 #undef AFFSEG_SUPCON_LOOPS
 
 template <typename T>
-Args<T> make_args(const Padded& p, const at::Tensor& valid, int64_t C, double inv_tau) {
-  return Args<T>{p.rows.data_ptr<T>(), p.transposed.data_ptr<T>(), valid.data_ptr<bool>(), valid.size(0),
-                 valid.size(1), C, p.npad, p.cpad, static_cast<T>(inv_tau)};
+Args<T> make_args(const Padded& p, const at::Tensor& valid, const std::vector<T>& colmask, int64_t C,
+                  double inv_tau) {
+  return Args<T>{p.rows.data_ptr<T>(), p.transposed.data_ptr<T>(), colmask.data(), valid.data_ptr<bool>(),
+                 valid.size(0), valid.size(1), C, p.npad, p.cpad, p.ldt, static_cast<T>(inv_tau),
+                 supcon::fixed_shift(static_cast<T>(inv_tau))};
+}
+
+template <typename T>
+std::vector<T> column_mask(const at::Tensor& valid) {
+  const bool* v = valid.data_ptr<bool>();
+  std::vector<T> mask(static_cast<size_t>(valid.numel()));
+  for (size_t i = 0; i < mask.size(); ++i) mask[i] = v[i] ? T(1) : T(0);
+  return mask;
 }
 
 template <typename T>
 void cos_lse_forward(const at::Tensor& f, const at::Tensor& valid, double inv_tau, T* lse) {
   const Padded p = pad_features<T>(f);
-  const Args<T> a = make_args<T>(p, valid, f.size(2), inv_tau);
+  const std::vector<T> colmask = column_mask<T>(valid);
+  const Args<T> a = make_args<T>(p, valid, colmask, f.size(2), inv_tau);
   AFFSEG_DISPATCH_ISA(isa::Loops::forward<T>(a, lse));
 }
 
@@ -288,13 +280,21 @@ template <typename T>
 void cos_lse_backward(const at::Tensor& f, const at::Tensor& valid, const T* grad, const T* lse, double inv_tau,
                       T* grad_f) {
   const Padded p = pad_features<T>(f);
-  const Args<T> a = make_args<T>(p, valid, f.size(2), inv_tau);
-  std::vector<T> coef(static_cast<size_t>(a.B * a.N)), colmask(coef.size());
+  const std::vector<T> colmask = column_mask<T>(valid);
+  Args<T> a = make_args<T>(p, valid, colmask, f.size(2), inv_tau);
+  std::vector<T> coef(static_cast<size_t>(a.B * a.N)), scaled(coef.size(), T(0));
+  bool finite = true;
   for (size_t i = 0; i < coef.size(); ++i) {
     coef[i] = supcon::row_coefficient(grad[i], lse[i]);
-    colmask[i] = a.valid[i] ? T(1) : T(0);
+    if (a.fixed_shift && coef[i] != T(0)) {
+      scaled[i] = coef[i] * std::exp(a.inv_tau - lse[i]);
+      finite = finite && std::isfinite(scaled[i]);
+    }
   }
-  AFFSEG_DISPATCH_ISA(isa::Loops::backward<T>(a, coef.data(), colmask.data(), lse, grad_f));
+  // a·exp(inv_tau − lse) can overflow (|a| ≳ 1e4 with lse near −inv_tau) although every a·p is
+  // finite, and a NaN g or lse must propagate as the two-exp path does: both take that path.
+  a.fixed_shift = a.fixed_shift && finite;
+  AFFSEG_DISPATCH_ISA(isa::Loops::backward<T>(a, coef.data(), scaled.data(), lse, grad_f));
 }
 
 at::Tensor cos_lse_fwd_cpu(const at::Tensor& f_in, const at::Tensor& valid_in, double inv_tau) {

@@ -37,6 +37,14 @@ AFFSEG_HD T lse_finish(T m, T s) {
   return m == neg_inf<T>() ? m : m + simd::log(s);
 }
 
+// Whether exp(s − inv_tau) for every |s| ≤ inv_tau (unit rows) is a normal number, so that the LSE
+// can use the fixed shift inv_tau instead of a running maximum: 2·inv_tau below 80 (float) or 600
+// (double), τ ≥ 0.025 in float32. (A sum of up to 2^31 terms ≤ 1 cannot overflow either.)
+template <typename T>
+AFFSEG_HD bool fixed_shift(T inv_tau) {
+  return inv_tau <= (sizeof(T) == 4 ? T(40) : T(300));
+}
+
 // The backward coefficient a_i of row i: g_i, or 0 where the row contributes nothing.
 template <typename T>
 AFFSEG_HD T row_coefficient(T g, T lse) {
