@@ -8,6 +8,8 @@
 - Grid axes 1 and 2 hold at most 65,535 programs; axis 0 holds 2^31 − 1. Large counts go on axis 0.
 - Dot products take one of INPUT_PRECISIONS, chosen by the caller (affseg._backend.dot_precision
   maps dtypes and torch.get_float32_matmul_precision() to them) and applied in-kernel by `dot`.
+- A similarity tile over a feature dim C of any size is `tile_dots`: the sum of dots over BLOCK_C-wide
+  channel chunks, so shared memory and registers are bounded by the tiles, not by C.
 """
 from __future__ import annotations
 
@@ -77,3 +79,20 @@ def dot(a, b, acc, INPUT_PRECISION: tl.constexpr):
     else:
         out = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
     return out
+
+
+@triton.jit
+def tile_dots(x_ptr, x_rows, x_in, y_ptr, y_rows, y_in, C, BLOCK_C: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """x[x_rows] · y[y_rows]ᵀ, an [len(x_rows), len(y_rows)] tile of (·, C) row-major features, in the
+    features' dtype: Σ over BLOCK_C-wide chunks of C of `dot` on the chunk tiles (zero outside
+    x_in, y_in and C). Offsets are int64."""
+    acc = tl.zeros([x_rows.shape[0], y_rows.shape[0]], dtype=x_ptr.dtype.element_ty)
+    x_off = x_rows[:, None].to(tl.int64) * C
+    y_off = y_rows[:, None].to(tl.int64) * C
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        c_in = cs < C
+        x = tl.load(x_ptr + x_off + cs[None, :], mask=x_in[:, None] & c_in[None, :], other=0.0)
+        y = tl.load(y_ptr + y_off + cs[None, :], mask=y_in[:, None] & c_in[None, :], other=0.0)
+        acc = dot(x, tl.trans(y), acc, INPUT_PRECISION)
+    return acc

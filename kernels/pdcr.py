@@ -16,30 +16,31 @@ Backward, with g_i the incoming row gradient:
     grad_fa_i = Σ_j G_ij fb_j,   grad_fb_j = Σ_i G_ij fa_i
 
 Schedule (flash-attention style). Forward: one program per (row tile, batch) sweeps the column
-tiles; one tl.dot gives the ŝ tile, which serves every window: per window the divergence tile is
-built from W·K column loads of φ, and a running max / running sum / positive sum per (row, window)
-lives in registers as [BLOCK_N, W_PAD] tensors. Backward recomputes the tiles from the saved
-row_lse: `_pdcr_bwd_rows_kernel` (row tiles, sweeps columns) writes grad_fa with tl.dot(G, fb);
-`_pdcr_bwd_cols_kernel` (column tiles, sweeps rows) builds Gᵀ and writes grad_fb with
-tl.dot(Gᵀ, fa). No atomics: both gradients are deterministic. Nothing of size N×M is stored.
+tiles; one similarity tile serves every window: per window the divergence tile is built from a
+run-time loop over the K classes (2 column loads of φ per class), and a running max / running sum /
+positive sum per (row, window) lives in registers as [BLOCK_N, W_PAD] tensors. Up to C = 128 the
+row tile's features stay in registers and ŝ is one tl.dot (ONE_CHUNK); above, ŝ is summed over
+BLOCK_C-wide channel chunks (kernels/_launch.py `tile_dots`), so shared memory and registers are
+bounded by the tiles, not by C. Backward recomputes the tiles from the saved row_lse, as
+FlashAttention-2 does, with no atomics (deterministic): `_pdcr_bwd_rows_kernel` (row tiles, sweeps
+columns) writes grad_fa with tl.dot(G, fb); `_pdcr_bwd_cols_kernel` (column tiles, sweeps rows)
+builds Gᵀ and writes grad_fb with tl.dot(Gᵀ, fa). Each backward program owns BLOCK_D output
+channels (grid: batch × tiles × D, D = ⌈C/BLOCK_D⌉), so for C above BLOCK_D the similarity and G are
+recomputed D times: registers stay bounded at C = 1024 at that price. Nothing of size N×M is stored.
 
 Work (counted by `work`; e = element bytes). FLOPs: forward 2·B·N·M·C (dot) + B·N·M·W·(3K + 8);
-backward 8·B·N·M·C (each of its two kernels recomputes ŝ and does one G·f product) +
-2·B·N·M·W·(3K + 10). Bytes, compulsory (each tensor once; re-reads of column tiles by every row
-tile come from L2 and are not counted): forward reads fa, fb, φa, φb, n and the masks,
-B·((N + M)·(C + W·K) + N)·e + B·(N + M), and writes B·N·(1 + W)·e; backward reads the same plus
-g and row_lse, B·N·(1 + W)·e, and writes B·(N + M)·C·e.
+backward 2·(2D + 2)·B·N·M·C (each of its two kernels recomputes ŝ D times and does one G·f product)
++ 2·D·B·N·M·W·(3K + 10). Exps: B·N·M·W forward, 2·D·B·N·M·W backward. Bytes, compulsory (each
+tensor once; re-reads of column tiles by every row tile come from L2 and are not counted): forward
+reads fa, fb, φa, φb, n and the masks, B·((N + M)·(C + W·K) + N)·e + B·(N + M), and writes
+B·N·(1 + W)·e; backward reads the same plus g and row_lse, B·N·(1 + W)·e, and writes B·(N + M)·C·e.
 
 Limits (LIMITS): fa/fb/phia/phib contiguous and of one dtype: float32 (accumulates in float32) or
 float64 (accumulates in float64); the public op also takes float16 and bfloat16 (bfloat16 on a GPU
-only), upcast to float32 before the launch (KERNEL_DTYPES). The whole feature
-row stays in registers: C ≤ 128 (BLOCK_C = next_pow2(C), at least 16; at C = 256 the float64
-kernels spill ~200 B at W = 4, K = 8 and at C = 512 need ~200 KB of shared memory, so larger C
-goes to the next backend until the kernel chunks C like kernels/supcon.py).
-W and K are unrolled at compile time: W ≤ 4, K ≤ 8 (one compilation per (W, K, options)). Larger
-unrolls do not fit: at W = 8, K = 16, C = 256 the sm_90 forward took 120 s to compile and spilled
-220 B, and W = 16, K = 32 took over 15 minutes on this project's 2-core machine; such calls go to the
-next backend until the kernel loops over K instead of unrolling it. Offsets within one image are int32: N·C, M·C < 2^31.
+only), upcast to float32 before the launch (KERNEL_DTYPES). C ≤ 1024 (chunked above 128; larger C
+only costs more backward recomputation, the bound is what the sm_90 compile test covers). W ≤ 4 is
+unrolled at compile time (one compilation per W and options); K is a run-time loop, unbounded.
+Offsets within one image are int32 except in the channel chunks: N·C, M·C < 2^31.
 
 Precision (SPEC §8). Every dot (ŝ, and G·f in the backward) runs INPUT_PRECISION (kernels/_launch.py
 `dot`): "ieee" (fp32 FMA, no tensor cores), "tf32", or "bf16" (both operand tiles rounded to
@@ -64,28 +65,47 @@ import triton
 import triton.language as tl
 
 from ._launch import INPUT_PRECISIONS  # noqa: F401  (the modes the launchers take; tests read it here)
-from ._launch import check_grid, device_of, dot, input_precision_for, on_gpu, scalar
+from ._launch import check_grid, device_of, dot, input_precision_for, on_gpu, scalar, tile_dots
 
 # What the public op takes; float16/bfloat16 reach the kernels upcast to float32 (KERNEL_DTYPES),
 # with the dot precision of their own dtype. bfloat16 stays off the interpreter (affseg._backend).
 KERNEL_DTYPES = (torch.float32, torch.float64)
-LIMITS = {"channels": 128, "windows": 4, "classes": 8,
+LIMITS = {"channels": 1024, "windows": 4,
           "dtypes": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+# Class counts up to this are unrolled in the kernels; above, a run-time loop (_divergence).
+K_UNROLL_MAX = 8
 # On a GPU float64 goes to the CUDA C++ kernel: every sm_90 fp64 tile here spills (68-208 B at
 # 16x16 tiles, 4 or 8 warps); float64 stays available in the interpreter for the parity tests.
-GPU_LIMITS = {**LIMITS, "dtypes": (torch.float16, torch.bfloat16, torch.float32)}
+# K above K_UNROLL_MAX (the run-time class loop) stays off the GPU too: at sm_90 its backward spills
+# 8-24 B in some tile configurations (tests/triton_sm90_probe.py), so such calls go to CUDA C++.
+GPU_LIMITS = {**LIMITS, "classes": 8, "dtypes": (torch.float16, torch.bfloat16, torch.float32)}
 
 
 @triton.jit
-def _divergence(pa_ptr, pb_ptr, offs_a, offs_b, mask_a, mask_b,
-                K: tl.constexpr, FG_L1: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-    """d[a, b] between rows offs_a of pa and rows offs_b of pb (both (·, K), row stride K)."""
+def _abs_diff(pa_ptr, pb_ptr, offs_a, offs_b, mask_a, mask_b, k, K):
+    xa = tl.load(pa_ptr + offs_a * K + k, mask=mask_a, other=0.0)
+    xb = tl.load(pb_ptr + offs_b * K + k, mask=mask_b, other=0.0)
+    return tl.abs(xa[:, None] - xb[None, :])
+
+
+@triton.jit
+def _divergence(pa_ptr, pb_ptr, offs_a, offs_b, mask_a, mask_b, K, K_UNROLL: tl.constexpr,
+                FG_L1: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """d[a, b] between rows offs_a of pa and rows offs_b of pb (both (·, K), row stride K).
+    K_UNROLL = K (≤ 8): the class sum is unrolled at compile time; K_UNROLL = 0: a run-time loop,
+    for any K (one compilation for all of them; the unrolled form keeps the small-K kernels'
+    register allocation, which the loop spills in the tf32/bf16 backward at sm_90)."""
     d = tl.zeros([BLOCK_A, BLOCK_B], dtype=pa_ptr.dtype.element_ty)
-    for k in tl.static_range(K):
-        if (not FG_L1) or k > 0:  # fg_l1 skips the background class 0
-            xa = tl.load(pa_ptr + offs_a * K + k, mask=mask_a, other=0.0)
-            xb = tl.load(pb_ptr + offs_b * K + k, mask=mask_b, other=0.0)
-            d += tl.abs(xa[:, None] - xb[None, :])
+    if K_UNROLL > 0:
+        for k in tl.static_range(K_UNROLL):
+            if (not FG_L1) or k > 0:  # fg_l1 skips the background class 0
+                d += _abs_diff(pa_ptr, pb_ptr, offs_a, offs_b, mask_a, mask_b, k, K_UNROLL)
+    else:
+        # four classes per trip (masked past K): a fourth of the loop's trips and its carried state
+        for k0 in range(1 if FG_L1 else 0, K, 4):
+            for kk in tl.static_range(4):
+                k = k0 + kk
+                d += _abs_diff(pa_ptr, pb_ptr, offs_a, offs_b, mask_a & (k < K), mask_b & (k < K), k, K)
     if not FG_L1:
         d = d * 0.5
     return d
@@ -99,19 +119,27 @@ def _load_features(ptr, offs, mask, C, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _scaled_similarity(x, y, inv_tau, INPUT_PRECISION: tl.constexpr):
-    """ŝ = (x · yᵀ − 1) · inv_tau for unit-vector tiles x [A, C], y [B, C]."""
-    zero = tl.zeros([x.shape[0], y.shape[0]], dtype=x.dtype)
-    return (dot(x, tl.trans(y), zero, INPUT_PRECISION) - 1.0) * inv_tau
+def _scaled_similarity(x, y, x_ptr, y_ptr, x_rows, y_rows, x_in, y_in, C, inv_tau,
+                       BLOCK_C: tl.constexpr, ONE_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """ŝ = (x · yᵀ − 1) · inv_tau for unit rows x_rows of x_ptr and y_rows of y_ptr (both (·, C)).
+    ONE_CHUNK: the caller holds the whole rows as tiles x [A, BLOCK_C], y [B, BLOCK_C]; otherwise
+    the dot is summed over BLOCK_C-wide channel chunks loaded here (x and y are unused)."""
+    if ONE_CHUNK:
+        zero = tl.zeros([x.shape[0], y.shape[0]], dtype=x.dtype)
+        s = dot(x, tl.trans(y), zero, INPUT_PRECISION)
+    else:
+        s = tile_dots(x_ptr, x_rows, x_in, y_ptr, y_rows, y_in, C, BLOCK_C, INPUT_PRECISION)
+    return (s - 1.0) * inv_tau
 
 
 @triton.jit
 def _pdcr_fwd_kernel(
     fa_ptr, pa_ptr, fb_ptr, pb_ptr, va_ptr, vb_ptr, n_ptr, loss_ptr, lse_ptr,
-    N, M, C, inv_tau_ptr, TILES,
-    W: tl.constexpr, K: tl.constexpr, W_PAD: tl.constexpr,
+    N, M, C, K, inv_tau_ptr, TILES,
+    W: tl.constexpr, W_PAD: tl.constexpr, K_UNROLL: tl.constexpr,
     SWAPPED: tl.constexpr, FG_L1: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ONE_CHUNK: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0) % TILES
     b = (tl.program_id(0) // TILES).to(tl.int64)
@@ -123,7 +151,7 @@ def _pdcr_fwd_kernel(
     fb_b = fb_ptr + b * M * C
     row_ok = row_in & (tl.load(va_ptr + b * N + rows, mask=row_in, other=0) != 0)
 
-    fa = _load_features(fa_b, rows, row_in, C, BLOCK_C)
+    fa = _load_features(fa_b, rows, row_in, C, BLOCK_C) if ONE_CHUNK else 0.0
     wid = tl.arange(0, W_PAD)[None, :]
     run_max = tl.full([BLOCK_N, W_PAD], float("-inf"), dtype)
     run_sum = tl.zeros([BLOCK_N, W_PAD], dtype)
@@ -132,14 +160,15 @@ def _pdcr_fwd_kernel(
         cols = start + tl.arange(0, BLOCK_M)
         col_in = cols < M
         col_ok = col_in & (tl.load(vb_ptr + b * M + cols, mask=col_in, other=0) != 0)
-        fb = _load_features(fb_b, cols, col_in, C, BLOCK_C)
-        s = _scaled_similarity(fa, fb, inv_tau, INPUT_PRECISION)
+        fb = _load_features(fb_b, cols, col_in, C, BLOCK_C) if ONE_CHUNK else 0.0
+        s = _scaled_similarity(fa, fb, fa_b, fb_b, rows, cols, row_in, col_in, C, inv_tau,
+                               BLOCK_C, ONE_CHUNK, INPUT_PRECISION)
         pair = row_ok[:, None] & col_ok[None, :]
         if EXCLUDE_SELF:
             pair = pair & (rows[:, None] != cols[None, :])
         for w in tl.static_range(W):
             d = _divergence(pa_ptr + (b * W + w) * N * K, pb_ptr + (b * W + w) * M * K,
-                            rows, cols, row_in, col_in, K, FG_L1, BLOCK_N, BLOCK_M)
+                            rows, cols, row_in, col_in, K, K_UNROLL, FG_L1, BLOCK_N, BLOCK_M)
             if SWAPPED:
                 w_pos = d
                 w_neg = 1.0 - d
@@ -186,19 +215,28 @@ def _pair_grad(s, d, lse, scale_row, n_row, pair, SWAPPED: tl.constexpr):
 
 
 @triton.jit
+def _chunk_program(TILES, CHUNKS, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(batch, the program's BLOCK items, its BLOCK_D output channels) of a (batch, tile, chunk) grid."""
+    pid = tl.program_id(0)
+    ds = (pid % CHUNKS) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rest = pid // CHUNKS
+    return (rest // TILES).to(tl.int64), (rest % TILES) * BLOCK + tl.arange(0, BLOCK), ds
+
+
+@triton.jit
 def _pdcr_bwd_rows_kernel(
     g_ptr, fa_ptr, pa_ptr, fb_ptr, pb_ptr, va_ptr, vb_ptr, n_ptr, lse_ptr, grad_ptr,
-    N, M, C, inv_tau_ptr, TILES,
-    W: tl.constexpr, K: tl.constexpr,
+    N, M, C, K, inv_tau_ptr, TILES, CHUNKS,
+    W: tl.constexpr, K_UNROLL: tl.constexpr,
     SWAPPED: tl.constexpr, FG_L1: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    """grad_fa for one row tile: Σ over column tiles of tl.dot(G, fb)."""
-    pid_n = tl.program_id(0) % TILES
-    b = (tl.program_id(0) // TILES).to(tl.int64)
+    """grad_fa[rows, ds] for one (row tile, channel chunk): Σ over column tiles of tl.dot(G, fb[:, ds])."""
+    b, rows, ds = _chunk_program(TILES, CHUNKS, BLOCK_N, BLOCK_D)
     inv_tau = tl.load(inv_tau_ptr)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_in = rows < N
+    d_in = ds < C
     fa_b = fa_ptr + b * N * C
     fb_b = fb_ptr + b * M * C
     n = tl.load(n_ptr + b * N + rows, mask=row_in, other=0.0)
@@ -206,49 +244,54 @@ def _pdcr_bwd_rows_kernel(
     g = tl.load(g_ptr + b * N + rows, mask=row_in, other=0.0)
     scale = (g * (inv_tau / W))[:, None]
     n = tl.maximum(n, 1.0)[:, None]
-    fa = _load_features(fa_b, rows, row_in, C, BLOCK_C)
-    offs_c = tl.arange(0, BLOCK_C)
-    acc = tl.zeros([BLOCK_N, BLOCK_C], fa_ptr.dtype.element_ty)
+    fa = _load_features(fa_b, rows, row_in, C, BLOCK_C) if ONE_CHUNK else 0.0
+    acc = tl.zeros([BLOCK_N, BLOCK_D], fa_ptr.dtype.element_ty)
     for start in range(0, M, BLOCK_M):
         cols = start + tl.arange(0, BLOCK_M)
         col_in = cols < M
         col_ok = col_in & (tl.load(vb_ptr + b * M + cols, mask=col_in, other=0) != 0)
-        fb = _load_features(fb_b, cols, col_in, C, BLOCK_C)
-        s = _scaled_similarity(fa, fb, inv_tau, INPUT_PRECISION)
+        if ONE_CHUNK:  # BLOCK_D = BLOCK_C ≥ C: the similarity's fb tile is the product's operand
+            fb = _load_features(fb_b, cols, col_in, C, BLOCK_C)
+            fb_d = fb
+        else:
+            fb = 0.0
+            fb_d = tl.load(fb_b + cols[:, None].to(tl.int64) * C + ds[None, :],
+                           mask=col_in[:, None] & d_in[None, :], other=0.0)
+        s = _scaled_similarity(fa, fb, fa_b, fb_b, rows, cols, row_in, col_in, C, inv_tau,
+                               BLOCK_C, ONE_CHUNK, INPUT_PRECISION)
         pair = row_ok[:, None] & col_ok[None, :]
         if EXCLUDE_SELF:
             pair = pair & (rows[:, None] != cols[None, :])
         G = tl.zeros([BLOCK_N, BLOCK_M], fa_ptr.dtype.element_ty)
         for w in tl.static_range(W):
             d = _divergence(pa_ptr + (b * W + w) * N * K, pb_ptr + (b * W + w) * M * K,
-                            rows, cols, row_in, col_in, K, FG_L1, BLOCK_N, BLOCK_M)
+                            rows, cols, row_in, col_in, K, K_UNROLL, FG_L1, BLOCK_N, BLOCK_M)
             lse = tl.load(lse_ptr + (b * N + rows) * W + w, mask=row_ok, other=0.0)
             G += _pair_grad(s, d, lse[:, None], scale, n, pair, SWAPPED)
-        acc = dot(G, fb, acc, INPUT_PRECISION)
-    tl.store(grad_ptr + (b * N + rows[:, None]) * C + offs_c[None, :], acc,
-             mask=row_in[:, None] & (offs_c[None, :] < C))
+        acc = dot(G, fb_d, acc, INPUT_PRECISION)
+    tl.store(grad_ptr + (b * N + rows[:, None]) * C + ds[None, :], acc, mask=row_in[:, None] & d_in[None, :])
 
 
 @triton.jit
 def _pdcr_bwd_cols_kernel(
     g_ptr, fa_ptr, pa_ptr, fb_ptr, pb_ptr, va_ptr, vb_ptr, n_ptr, lse_ptr, grad_ptr,
-    N, M, C, inv_tau_ptr, TILES,
-    W: tl.constexpr, K: tl.constexpr,
+    N, M, C, K, inv_tau_ptr, TILES, CHUNKS,
+    W: tl.constexpr, K_UNROLL: tl.constexpr,
     SWAPPED: tl.constexpr, FG_L1: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    """grad_fb for one column tile: Σ over row tiles of tl.dot(Gᵀ, fa); tiles are [column, row]."""
-    pid_m = tl.program_id(0) % TILES
-    b = (tl.program_id(0) // TILES).to(tl.int64)
+    """grad_fb[cols, ds] for one (column tile, channel chunk): Σ over row tiles of tl.dot(Gᵀ, fa[:, ds]);
+    tiles are [column, row]."""
+    b, cols, ds = _chunk_program(TILES, CHUNKS, BLOCK_M, BLOCK_D)
     inv_tau = tl.load(inv_tau_ptr)
-    cols = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     col_in = cols < M
+    d_in = ds < C
     col_ok = col_in & (tl.load(vb_ptr + b * M + cols, mask=col_in, other=0) != 0)
     fa_b = fa_ptr + b * N * C
     fb_b = fb_ptr + b * M * C
-    fb = _load_features(fb_b, cols, col_in, C, BLOCK_C)
-    offs_c = tl.arange(0, BLOCK_C)
-    acc = tl.zeros([BLOCK_M, BLOCK_C], fa_ptr.dtype.element_ty)
+    fb = _load_features(fb_b, cols, col_in, C, BLOCK_C) if ONE_CHUNK else 0.0
+    acc = tl.zeros([BLOCK_M, BLOCK_D], fa_ptr.dtype.element_ty)
     for start in range(0, N, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
         row_in = rows < N
@@ -257,8 +300,15 @@ def _pdcr_bwd_cols_kernel(
         g = tl.load(g_ptr + b * N + rows, mask=row_in, other=0.0)
         scale = (g * (inv_tau / W))[None, :]
         n = tl.maximum(n, 1.0)[None, :]
-        fa = _load_features(fa_b, rows, row_in, C, BLOCK_C)
-        s = _scaled_similarity(fb, fa, inv_tau, INPUT_PRECISION)
+        if ONE_CHUNK:
+            fa = _load_features(fa_b, rows, row_in, C, BLOCK_C)
+            fa_d = fa
+        else:
+            fa = 0.0
+            fa_d = tl.load(fa_b + rows[:, None].to(tl.int64) * C + ds[None, :],
+                           mask=row_in[:, None] & d_in[None, :], other=0.0)
+        s = _scaled_similarity(fb, fa, fb_b, fa_b, cols, rows, col_in, row_in, C, inv_tau,
+                               BLOCK_C, ONE_CHUNK, INPUT_PRECISION)
         pair = col_ok[:, None] & row_ok[None, :]
         if EXCLUDE_SELF:
             pair = pair & (cols[:, None] != rows[None, :])
@@ -266,28 +316,36 @@ def _pdcr_bwd_cols_kernel(
         for w in tl.static_range(W):
             # |Δφ| is symmetric, so the [column, row] tile comes from swapping the operands
             d = _divergence(pb_ptr + (b * W + w) * M * K, pa_ptr + (b * W + w) * N * K,
-                            cols, rows, col_in, row_in, K, FG_L1, BLOCK_M, BLOCK_N)
+                            cols, rows, col_in, row_in, K, K_UNROLL, FG_L1, BLOCK_M, BLOCK_N)
             lse = tl.load(lse_ptr + (b * N + rows) * W + w, mask=row_ok, other=0.0)
             G += _pair_grad(s, d, lse[None, :], scale, n, pair, SWAPPED)
-        acc = dot(G, fa, acc, INPUT_PRECISION)
-    tl.store(grad_ptr + (b * M + cols[:, None]) * C + offs_c[None, :], acc,
-             mask=col_in[:, None] & (offs_c[None, :] < C))
+        acc = dot(G, fa_d, acc, INPUT_PRECISION)
+    tl.store(grad_ptr + (b * M + cols[:, None]) * C + ds[None, :], acc, mask=col_in[:, None] & d_in[None, :])
 
 
-def _launch_config(C, dtype, input_precision="ieee", gpu=True, block=None):
-    """(BLOCK, BLOCK_C, num_warps). On a GPU: the largest tile with no register spills for every
-    kernel (ptxas -v at sm_90 over C ≤ 128, W ≤ 4, K ≤ 8: tests/test_triton_sm90.py). The interpreter takes 64: its cost is per
-    tile step, not per element."""
-    block_c = max(16, triton.next_power_of_2(C))
+def _launch_config(C, dtype, input_precision="ieee", gpu=True, block=None, block_c=None, block_d=None):
+    """(BLOCK, BLOCK_C, BLOCK_D, num_warps). Up to C = 128 every kernel holds whole feature rows
+    (BLOCK_C = BLOCK_D = next_pow2(C), ONE_CHUNK); above, the similarity is summed over BLOCK_C
+    chunks and the backward writes BLOCK_D output channels per program. On a GPU: the largest tiles
+    with no register spills for every kernel (ptxas -v at sm_90 over C ≤ 1024, W ≤ 4:
+    tests/test_triton_sm90.py). The interpreter takes 64-row tiles (its cost is per tile step, not
+    per element). ``block``, ``block_c``, ``block_d`` override (tests run the chunk loops at small C)."""
+    pow2 = max(16, triton.next_power_of_2(C))
+    whole = pow2 <= 128
     if not gpu:
-        return block or 64, block_c, 4
-    if dtype == torch.float64:  # 32-row fp64 tiles, and 8 warps on 16 rows, spill (ptxas -v, sm_90)
-        config = (16, 4)
-    elif input_precision == "ieee":  # 32-row tiles spill from C = 64 on (ptxas -v, sm_90)
-        config = (32, 4) if block_c <= 32 else (16, 4)
+        config = (64, pow2 if whole else 128, pow2 if whole else 128, 4)
+    elif dtype == torch.float64:  # 32-row fp64 tiles, and 8 warps on 16 rows, spill (ptxas -v, sm_90)
+        config = (16, pow2, pow2, 4) if whole else (16, 32, 64, 4)
+    elif input_precision == "ieee":
+        # 32-row tiles spill from C = 64 on; chunked, every 4-warp (and 2-warp) choice of
+        # BLOCK_C, BLOCK_D in {16, 32} spilled 4-16 B in some kernel, 8 warps on 32/32 none (ptxas -v, sm_90)
+        config = ((32 if pow2 <= 32 else 16), pow2, pow2, 4) if whole else (16, 32, 32, 8)
     else:  # tf32's mma layouts spill at 32 rows even for C = 16; bf16 takes the same tiles
-        config = (16, 4)
-    return block or config[0], block_c, config[1]
+        # chunked: 64/128 spilled 24-48 B in the backward, 32/64 none
+        config = (16, pow2, pow2, 4) if whole else (16, 32, 64, 4)
+    block_c = block_c or config[1]
+    block_d = block_d or (block_c if block_c >= pow2 else config[2])
+    return block or config[0], block_c, block_d, config[3]
 
 
 def _mask(valid, like):
@@ -297,42 +355,46 @@ def _mask(valid, like):
     return valid.contiguous().to(like.dtype)
 
 
-def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block):
+def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block,
+                  block_c=None, block_d=None):
     """Sizes, per-row column counts n_i, 1/τ as a tensor, and the kernels' compile-time options."""
     B, N, C = fa.shape
     M = fb.shape[1]
     W, K = pa.shape[1], pa.shape[3]
     lim = GPU_LIMITS if on_gpu(fa) else LIMITS
     dtypes = tuple(d for d in KERNEL_DTYPES if d in lim["dtypes"])
-    if C > lim["channels"] or W > lim["windows"] or K > lim["classes"] or fa.dtype not in dtypes:
+    if C > lim["channels"] or W > lim["windows"] or fa.dtype not in dtypes:
         raise ValueError(
-            f"the Triton PDCR kernel supports C <= {lim['channels']}, W <= {lim['windows']}, K <= {lim['classes']} "
-            f"of {dtypes}; got C={C}, W={W}, K={K} of {fa.dtype}"
+            f"the Triton PDCR kernel supports C <= {lim['channels']}, W <= {lim['windows']} "
+            f"of {dtypes}; got C={C}, W={W} of {fa.dtype}"
         )
     input_precision = input_precision_for("the Triton PDCR kernel", input_precision, fa)
-    block, block_c, num_warps = _launch_config(C, fa.dtype, input_precision, on_gpu(fa), block)
+    block, block_c, block_d, num_warps = _launch_config(C, fa.dtype, input_precision, on_gpu(fa), block,
+                                                        block_c, block_d)
     # n_i: valid columns of each row (the row itself excluded when asked); rows without any drop out.
     n_cols = vb.sum(dim=1, keepdim=True).to(fa.dtype).expand(B, N)
     if exclude_self:
         n_cols = n_cols - va.to(fa.dtype)
+    one_chunk = block_c >= C and block_d == block_c
     meta = dict(
-        W=W, K=K, SWAPPED=bool(swapped), FG_L1=bool(fg_l1), EXCLUDE_SELF=bool(exclude_self),
-        BLOCK_N=block, BLOCK_M=block, BLOCK_C=block_c, INPUT_PRECISION=input_precision, num_warps=num_warps,
+        W=W, K_UNROLL=K if K <= K_UNROLL_MAX else 0, SWAPPED=bool(swapped), FG_L1=bool(fg_l1), EXCLUDE_SELF=bool(exclude_self),
+        BLOCK_N=block, BLOCK_M=block, BLOCK_C=block_c, ONE_CHUNK=one_chunk, INPUT_PRECISION=input_precision,
+        num_warps=num_warps,
     )
-    return (B, N, M, C, W), n_cols.contiguous(), scalar(inv_tau, fa), meta
+    return (B, N, M, C, W, K), n_cols.contiguous(), scalar(inv_tau, fa), meta, block_d
 
 
 def pdcr_fwd(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self,
-             input_precision="ieee", block=None):
+             input_precision="ieee", block=None, block_c=None):
     """Per-row loss (B, N) and per-(row, window) denominator log-sum-exp (B, N, W).
 
     fa (B, N, C), fb (B, M, C) unit rows; pa (B, W, N, K), pb (B, W, M, K); va (B, N), vb (B, M)
     bool. Floating inputs contiguous, one dtype (float32 or float64). ``block`` overrides the
-    row/column tile size (a power of two, at least 16). row_lse is -inf where a row has no valid
-    column.
+    row/column tile size (a power of two, at least 16), ``block_c`` the channel chunk. row_lse is
+    -inf where a row has no valid column.
     """
-    (B, N, M, C, W), n_cols, inv_tau_t, meta = _launch_setup(
-        fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block)
+    (B, N, M, C, W, K), n_cols, inv_tau_t, meta, _ = _launch_setup(
+        fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block, block_c)
     row_loss = torch.empty((B, N), dtype=fa.dtype, device=fa.device)
     row_lse = torch.empty((B, N, W), dtype=fa.dtype, device=fa.device)
     if B == 0 or N == 0:
@@ -340,36 +402,39 @@ def pdcr_fwd(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self,
     tiles = triton.cdiv(N, meta["BLOCK_N"])
     with device_of(fa):
         _pdcr_fwd_kernel[(check_grid("pdcr_fwd", B * tiles),)](
-            fa, pa, fb, pb, _mask(va, fa), _mask(vb, fa), n_cols, row_loss, row_lse, N, M, C, inv_tau_t, tiles,
+            fa, pa, fb, pb, _mask(va, fa), _mask(vb, fa), n_cols, row_loss, row_lse, N, M, C, K, inv_tau_t, tiles,
             W_PAD=triton.next_power_of_2(W), **meta,
         )
     return row_loss, row_lse
 
 
 def pdcr_bwd(grad_row, fa, pa, fb, pb, va, vb, row_lse, *, inv_tau, swapped, fg_l1, exclude_self,
-             input_precision="ieee", block=None):
-    """(grad_fa, grad_fb) of Σ grad_row · row_loss; the other arguments are those of :func:`pdcr_fwd`."""
-    (B, N, M, C, W), n_cols, inv_tau_t, meta = _launch_setup(
-        fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block)
+             input_precision="ieee", block=None, block_c=None, block_d=None):
+    """(grad_fa, grad_fb) of Σ grad_row · row_loss; the other arguments are those of :func:`pdcr_fwd`,
+    ``block_d`` overrides the output channels per program."""
+    (B, N, M, C, W, K), n_cols, inv_tau_t, meta, block_d = _launch_setup(
+        fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block, block_c, block_d)
     if B == 0 or N == 0 or M == 0:
         return torch.zeros_like(fa), torch.zeros_like(fb)
     grad_fa = torch.empty_like(fa)
     grad_fb = torch.empty_like(fb)
     args = (grad_row.contiguous(), fa, pa, fb, pb, _mask(va, fa), _mask(vb, fa), n_cols, row_lse)
     row_tiles, col_tiles = triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
+    chunks = triton.cdiv(C, block_d)
     with device_of(fa):
-        _pdcr_bwd_rows_kernel[(check_grid("pdcr_bwd", B * row_tiles),)](
-            *args, grad_fa, N, M, C, inv_tau_t, row_tiles, **meta)
-        _pdcr_bwd_cols_kernel[(check_grid("pdcr_bwd", B * col_tiles),)](
-            *args, grad_fb, N, M, C, inv_tau_t, col_tiles, **meta)
+        _pdcr_bwd_rows_kernel[(check_grid("pdcr_bwd", B * row_tiles * chunks),)](
+            *args, grad_fa, N, M, C, K, inv_tau_t, row_tiles, chunks, BLOCK_D=block_d, **meta)
+        _pdcr_bwd_cols_kernel[(check_grid("pdcr_bwd", B * col_tiles * chunks),)](
+            *args, grad_fb, N, M, C, K, inv_tau_t, col_tiles, chunks, BLOCK_D=block_d, **meta)
     return grad_fa, grad_fb
 
 
-def work(B, N, M, C, W, K, dtype, backward=False):
-    """(FLOPs, bytes) of one pdcr_fwd (or pdcr_bwd) call, counted as in this file's header."""
+def work(B, N, M, C, W, K, dtype, backward=False, input_precision="ieee"):
+    """(FLOPs, bytes) of one pdcr_fwd (or pdcr_bwd) call on a GPU, counted as in this file's header."""
     e = torch.empty((), dtype=dtype).element_size()
     reads = B * ((N + M) * (C + W * K) + N) * e + B * (N + M)
     if not backward:
         return 2.0 * B * N * M * C + B * N * M * W * (3 * K + 8), float(reads + B * N * (1 + W) * e)
-    flops = 8.0 * B * N * M * C + 2.0 * B * N * M * W * (3 * K + 10)
+    D = triton.cdiv(C, _launch_config(C, dtype, input_precision, gpu=True)[2])
+    flops = 2.0 * (2 * D + 2) * B * N * M * C + 2.0 * D * B * N * M * W * (3 * K + 10)
     return flops, float(reads + B * N * (1 + W) * e + B * (N + M) * C * e)

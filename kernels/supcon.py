@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from ._launch import INPUT_PRECISIONS  # noqa: F401  (the modes the launchers take; tests read it here)
-from ._launch import check_grid, device_of, dot, input_precision_for, on_gpu, scalar
+from ._launch import check_grid, device_of, dot, input_precision_for, on_gpu, scalar, tile_dots
 
 # What the public op takes; float16/bfloat16 reach the kernels upcast to float32 (KERNEL_DTYPES),
 # with the dot precision of their own dtype. bfloat16 stays off the interpreter (affseg._backend).
@@ -57,16 +57,7 @@ def _logits(base, rows, cols, r_mask, k_mask, C, inv_tau,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
             INPUT_PRECISION: tl.constexpr):
     """s = inv_tau · f[rows] · f[cols]ᵀ, a [BLOCK_M, BLOCK_N] tile summed over BLOCK_C chunks of C."""
-    s = tl.zeros([BLOCK_M, BLOCK_N], dtype=base.dtype.element_ty)
-    r_off = rows[:, None].to(tl.int64) * C
-    k_off = cols[:, None].to(tl.int64) * C
-    for c0 in range(0, C, BLOCK_C):
-        cs = c0 + tl.arange(0, BLOCK_C)
-        c_mask = cs < C
-        q = tl.load(base + r_off + cs[None, :], mask=r_mask[:, None] & c_mask[None, :], other=0.0)
-        kt = tl.load(base + k_off + cs[None, :], mask=k_mask[:, None] & c_mask[None, :], other=0.0)
-        s = dot(q, tl.trans(kt), s, INPUT_PRECISION)
-    return s * inv_tau
+    return tile_dots(base, rows, r_mask, base, cols, k_mask, C, BLOCK_C, INPUT_PRECISION) * inv_tau
 
 
 @triton.jit

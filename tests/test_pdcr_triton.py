@@ -175,6 +175,43 @@ def test_tile_size_does_not_change_the_result():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", [(2, 70, None, 200, 2, 3, "paper", "tv", True),          # C > 128: chunked
+                                  (1, 40, 33, 150, 1, 12, "swapped", "fg_l1", False)],   # K = 12: the K loop
+                         ids=["C200-intra", "C150-K12-cross"])
+def test_chunked_channels_and_many_classes_match_reference(case, dtype):
+    B, N, M, C, W, K, orientation, divergence, exclude_self = case
+    inputs = _make(B, N, M, C, W, K, dtype, cross=M is not None)
+    opts = dict(tau=0.3, orientation=orientation, divergence=divergence, exclude_self=exclude_self)
+    expected = reference.pdcr_loss_from_ratios(**inputs, **opts, reduction="none")
+    rows = _kernel_rows(inputs, **opts)
+    _assert_close(rows, expected, dtype)
+    weights = torch.randn(B, N, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    for got, want in zip(_grads((rows * weights).sum(), inputs), _grads((expected * weights).sum(), inputs)):
+        _assert_close(got, want, dtype)
+
+
+def test_channel_chunks_do_not_change_the_result():
+    # The same call held whole (ONE_CHUNK), summed over 16-channel chunks, and with 16 or 32 output
+    # channels per backward program (D = 3 or 2 recomputations; C = 40 is no multiple of either).
+    from affseg.kernels import pdcr as kernels
+
+    inputs = _make(2, 50, 45, 40, 3, 5, torch.float64, cross=True)
+    fa = F.normalize(inputs["feats"].detach(), dim=-1)
+    fb = F.normalize(inputs["feats_b"].detach(), dim=-1)
+    args = (fa, inputs["phi"], fb, inputs["phi_b"], inputs["valid"], inputs["valid_b"])
+    opts = dict(inv_tau=3.0, swapped=False, fg_l1=True, exclude_self=False)
+    grad_row = torch.randn(2, 50, dtype=torch.float64)
+    results = []
+    for block_c, block_d in ((None, None), (16, 16), (16, 32)):
+        loss, lse = kernels.pdcr_fwd(*args, **opts, block_c=block_c)
+        results.append((loss, lse, *kernels.pdcr_bwd(grad_row, *args, lse, **opts, block_c=block_c,
+                                                     block_d=block_d)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
 def test_backward_is_deterministic():
     inputs = _make(1, 70, None, 16, 2, 2, torch.float32, cross=False)
     runs = [_grads(_kernel_rows(inputs, 0.2, "paper", "tv", False).sum(), inputs)[0] for _ in range(2)]

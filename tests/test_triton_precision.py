@@ -276,7 +276,10 @@ def _tensor_core_dot(a, b, acc, INPUT_PRECISION: tl.constexpr):
 def test_rounded_operands_meet_the_stated_tolerance(monkeypatch, matmul_precision, family, mode):
     """The kernels' fp32 epilogue on tensor-core-rounded operands stays within the mode's tolerance."""
     module = LAUNCHERS[family][0]
+    from affseg.kernels import _launch
+
     monkeypatch.setattr(module, "dot", _tensor_core_dot)
+    monkeypatch.setattr(_launch, "dot", _tensor_core_dot)  # the chunked similarity (tile_dots) calls it there
     monkeypatch.setattr(module, "input_precision_for", lambda name, prec, t: prec)
     monkeypatch.setattr(_backend, "DOT_PRECISION_OPS", ())
     matmul_precision(SETTING[mode])

@@ -71,11 +71,13 @@ def pdcr(mod, torch):
         for C in _few(lim["channels"], 16):
             for prec in precisions:
                 yield f"{_name(dtype)}-C{C}-W3-K4-{prec}", lambda d=dtype, C=C, p=prec: call(d, C, 3, 4, p)
-        # W and K are unrolled: the largest ones at the largest C are the register worst case
-        for prec in precisions:
-            yield (f"{_name(dtype)}-C{lim['channels']}-W{lim['windows']}-K{lim['classes']}-{prec}",
-                   lambda d=dtype, p=prec: call(d, lim["channels"], lim["windows"], lim["classes"], p,
-                                                swapped=True, fg_l1=True, exclude_self=False))
+        # W and (on a GPU) K are unrolled: the largest ones at a whole-row and at the largest
+        # (chunked) C are the register worst cases
+        for C in (128, lim["channels"]):
+            for prec in precisions:
+                yield (f"{_name(dtype)}-C{C}-W{lim['windows']}-K{lim['classes']}-{prec}",
+                       lambda d=dtype, C=C, p=prec: call(d, C, lim["windows"], lim["classes"], p,
+                                                         swapped=True, fg_l1=True, exclude_self=False))
     yield "float32-C64-B100000", lambda: call(torch.float32, 64, 1, 2, "ieee", B=100000, N=8, M=8)
 
 
