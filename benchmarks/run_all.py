@@ -52,6 +52,21 @@ def _machine() -> str:
     )
 
 
+def _stamp() -> str:
+    """Where and when a table was measured: written next to it (results/<name>.stamp) by this script."""
+    import os
+
+    import torch
+
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    return (f"Measured {datetime.date.today().isoformat()} at commit {sha or 'unknown'} on {_cpu_model()}, "
+            f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads).")
+
+
+# Tables measured before run_all.py stamped each one (the header of that run said so).
+_UNSTAMPED = "Measured 2026-11-23 at commit f41b685 on AMD EPYC, 2 cores (before tables carried their own stamp)."
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default=None, help="run only benchmarks/bench_<ONLY>.py")
@@ -69,17 +84,27 @@ def main() -> int:
                                   capture_output=True, text=True, check=True)
             out.write("## `affseg bench` (reference vs the backend `auto` picks)\n\n```\n" + proc.stdout + "```\n")
             print(proc.stdout)
+        (RESULTS / "affseg_bench.stamp").write_text(_stamp() + "\n")
     for script in scripts:
         print(f"== {script.name}", flush=True)
         subprocess.run([sys.executable, str(script)], check=True)
+        (RESULTS / f"{script.stem.removeprefix('bench_')}.stamp").write_text(_stamp() + "\n")
     sections = sorted(RESULTS.glob("*.md"), key=lambda p: (p.stem != "affseg_bench", p.stem))
-    body = "\n".join(p.read_text().rstrip() + "\n" for p in sections)
+
+    def section(p: pathlib.Path) -> str:
+        stamp = p.with_suffix(".stamp")
+        when = stamp.read_text().strip() if stamp.exists() else _UNSTAMPED
+        return p.read_text().rstrip() + "\n\n" + when + "\n"
+
+    body = "\n".join(section(p) for p in sections)
     limits = HERE / "LIMITS.md"  # hand-written: what bounds each figure; kept across regenerations
     if limits.exists():
         body += "\n" + limits.read_text()
     (HERE / "RESULTS.md").write_text(
-        "# Benchmark results\n\nWritten by `benchmarks/run_all.py`; every table was measured in one run, side by side, "
-        "on this machine:\n\n" + _machine() + "\nNo GPU figure appears unless it was measured on a GPU.\n\n" + body
+        "# Benchmark results\n\nWritten by `benchmarks/run_all.py`. Within each table every figure was measured in one "
+        "run, side by side; each table says when, at which commit and on which machine. Last assembled:\n\n"
+        + _machine() + "\nNo GPU figure appears unless it was measured on a GPU (the roofline table is an estimate "
+        "from operation counts, `benchmarks/roofline.py`).\n\n" + body
     )
     return 0
 
