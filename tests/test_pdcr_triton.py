@@ -158,21 +158,25 @@ def test_intra_layer_gradient_sums_both_roles():
     torch.testing.assert_close(grad, grad_fa + grad_fb, rtol=1e-12, atol=1e-14)
 
 
-def test_tile_size_does_not_change_the_result():
+def test_tiles_and_channel_chunks_do_not_change_the_result():
+    # 32- and 64-row tiles; and the same call held whole (ONE_CHUNK), summed over 16-channel chunks,
+    # and with 16 or 32 output channels per backward program (D = 3 or 2; C = 40 is no multiple of either).
     from affseg.kernels import pdcr as kernels
 
-    inputs = _make(2, 100, 77, 20, 2, 3, torch.float64, cross=True)
+    inputs = _make(2, 100, 77, 40, 3, 5, torch.float64, cross=True)
     fa = F.normalize(inputs["feats"].detach(), dim=-1)
     fb = F.normalize(inputs["feats_b"].detach(), dim=-1)
     args = (fa, inputs["phi"], fb, inputs["phi_b"], inputs["valid"], inputs["valid_b"])
-    opts = dict(inv_tau=3.0, swapped=True, fg_l1=False, exclude_self=False)
+    opts = dict(inv_tau=3.0, swapped=True, fg_l1=True, exclude_self=False)
     grad_row = torch.randn(2, 100, dtype=torch.float64)
     results = []
-    for block in (32, 64):
-        loss, lse = kernels.pdcr_fwd(*args, **opts, block=block)
-        results.append((loss, lse, *kernels.pdcr_bwd(grad_row, *args, lse, **opts, block=block)))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    for block, block_c, block_d in ((32, None, None), (64, None, None), (64, 16, 16), (32, 16, 32)):
+        loss, lse = kernels.pdcr_fwd(*args, **opts, block=block, block_c=block_c)
+        results.append((loss, lse, *kernels.pdcr_bwd(grad_row, *args, lse, **opts, block=block, block_c=block_c,
+                                                     block_d=block_d)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -189,27 +193,6 @@ def test_chunked_channels_and_many_classes_match_reference(case, dtype):
     weights = torch.randn(B, N, dtype=dtype, generator=torch.Generator().manual_seed(1))
     for got, want in zip(_grads((rows * weights).sum(), inputs), _grads((expected * weights).sum(), inputs)):
         _assert_close(got, want, dtype)
-
-
-def test_channel_chunks_do_not_change_the_result():
-    # The same call held whole (ONE_CHUNK), summed over 16-channel chunks, and with 16 or 32 output
-    # channels per backward program (D = 3 or 2 recomputations; C = 40 is no multiple of either).
-    from affseg.kernels import pdcr as kernels
-
-    inputs = _make(2, 50, 45, 40, 3, 5, torch.float64, cross=True)
-    fa = F.normalize(inputs["feats"].detach(), dim=-1)
-    fb = F.normalize(inputs["feats_b"].detach(), dim=-1)
-    args = (fa, inputs["phi"], fb, inputs["phi_b"], inputs["valid"], inputs["valid_b"])
-    opts = dict(inv_tau=3.0, swapped=False, fg_l1=True, exclude_self=False)
-    grad_row = torch.randn(2, 50, dtype=torch.float64)
-    results = []
-    for block_c, block_d in ((None, None), (16, 16), (16, 32)):
-        loss, lse = kernels.pdcr_fwd(*args, **opts, block_c=block_c)
-        results.append((loss, lse, *kernels.pdcr_bwd(grad_row, *args, lse, **opts, block_c=block_c,
-                                                     block_d=block_d)))
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
 
 
 def test_backward_is_deterministic():

@@ -298,69 +298,82 @@ struct GradTask {
   T* grad;  // (n_all, C) of this batch
 };
 
-template <typename T, int kIsa, bool kRowsOuter>
-AFFSEG_ALWAYS_INLINE void grad_body(const GradTask<T>& t, const Options& o, Scratch<T>& s) {
-  const Panel<T>& in = *t.inner;
-  const int64_t W = o.W, WK = o.W * o.K, cp = o.cp;
-  gather_outer(t.outer, t.items, t.count, in, o, s);
-  const int64_t rows4 = round_up(t.count, kMicroRows);
+// The sweep both backward kernels share: for each tile of the inner panel, the outer items' dot tile
+// turned into logits, `row_weights(r, j0, jn, logit, g)` writing outer item r's gradient weights
+// g[0, jn) from its logits (g[jn, jw) is padding, zeroed here), the self pair cut, and the gradient
+// product Σ_j g_j·f_j into the task's accumulators; then the outer items' gradient rows.
+template <typename T, int kIsa, typename RowWeights>
+AFFSEG_ALWAYS_INLINE void grad_sweep(const Side<T>& outer, const int64_t* items, int64_t count, const Panel<T>& in,
+                                     const Options& o, T inv_tau, Scratch<T>& s, T* grad, RowWeights&& row_weights) {
+  const int64_t cp = o.cp;
+  gather_outer(outer, items, count, in, o, s);
+  const int64_t rows4 = round_up(count, kMicroRows);
   std::fill(s.acc.begin(), s.acc.begin() + rows4 * cp, T(0));
-  std::fill(s.grads.begin() + t.count * kTile, s.grads.begin() + rows4 * kTile, T(0));
-  const T inv_tau = t.inv_tau;
-  const pdcr::WeightMap<T> weights = pdcr::weight_map<T>(o.swapped);
+  std::fill(s.grads.begin() + count * kTile, s.grads.begin() + rows4 * kTile, T(0));
   for (int64_t j0 = 0; j0 < in.n; j0 += kTile) {
     const int64_t jn = std::min(kTile, in.n - j0);
     const int64_t jw = round_up(jn, kPad<T>);
     tile_product<T, kIsa, false>(s.outer_rows.data(), rows4, o.C, in.ft.data() + j0, in.np, jw, s.dots.data(), kTile);
-    for (int64_t r = 0; r < t.count; ++r) {
+    for (int64_t r = 0; r < count; ++r) {
       T* __restrict__ logit = s.dots.data() + r * kTile;
       T* __restrict__ g = s.grads.data() + r * kTile;
 #pragma omp simd
-      for (int64_t j = 0; j < jw; ++j) {
-        logit[j] = pdcr::scaled_logit(logit[j], inv_tau);
-        g[j] = T(0);
-      }
-      for (int64_t w = 0; w < W; ++w) {
-        T* __restrict__ div = s.div.data();
-        tile_divergence(s.ratios.data() + r * WK + w * o.K, in.pt.data() + w * o.K * in.np + j0, in.np, jn, o, div);
-        if constexpr (kRowsOuter) {
-          const T lse = t.lse[t.items[r] * W + w];
-          const T inv_n = t.inv_n[r];
-#pragma omp simd
-          for (int64_t j = 0; j < jn; ++j) {
-            T w_pos, w_neg;
-            pdcr::pair_weights(div[j], weights, w_pos, w_neg);
-            const T p = simd::exp(logit[j] * w_neg - lse);
-            g[j] += pdcr::pair_grad_term(p, w_pos, w_neg, inv_n);
-          }
-        } else {
-          const T* __restrict__ lse = in.lse.data() + w * in.np + j0;
-          const T* __restrict__ inv_n = in.inv_n.data() + j0;
-#pragma omp simd
-          for (int64_t j = 0; j < jn; ++j) {
-            T w_pos, w_neg;
-            pdcr::pair_weights(div[j], weights, w_pos, w_neg);
-            const T p = simd::exp(logit[j] * w_neg - lse[j]);
-            g[j] += pdcr::pair_grad_term(p, w_pos, w_neg, inv_n[j]);
-          }
-        }
-      }
-      if constexpr (kRowsOuter) {
-        const T coef = t.coef[r];
-#pragma omp simd
-        for (int64_t j = 0; j < jn; ++j) g[j] *= coef;
-      } else {
-        const T* __restrict__ coef = in.coef.data() + j0;
-#pragma omp simd
-        for (int64_t j = 0; j < jn; ++j) g[j] *= coef[j];
-      }
+      for (int64_t j = 0; j < jn; ++j) logit[j] = pdcr::scaled_logit(logit[j], inv_tau);
+      for (int64_t j = jn; j < jw; ++j) g[j] = T(0);
+      row_weights(r, j0, jn, logit, g);
       const int64_t self = s.self_pos[r] - j0;
       if (self >= 0 && self < jn) g[self] = T(0);
     }
     tile_product<T, kIsa, true>(s.grad_rows.data(), rows4, jw, in.f.data() + j0 * o.ldf, o.ldf, cp, s.acc.data(),
                                 cp);
   }
-  for (int64_t r = 0; r < t.count; ++r) std::copy_n(s.acc.data() + r * cp, o.C, t.grad + t.items[r] * o.C);
+  for (int64_t r = 0; r < count; ++r) std::copy_n(s.acc.data() + r * cp, o.C, grad + items[r] * o.C);
+}
+
+template <typename T, int kIsa, bool kRowsOuter>
+AFFSEG_ALWAYS_INLINE void grad_body(const GradTask<T>& t, const Options& o, Scratch<T>& s) {
+  const Panel<T>& in = *t.inner;
+  const int64_t W = o.W, WK = o.W * o.K;
+  const pdcr::WeightMap<T> weights = pdcr::weight_map<T>(o.swapped);
+  const auto row_weights = [&](int64_t r, int64_t j0, int64_t jn, const T* __restrict__ logit, T* __restrict__ g)
+      __attribute__((always_inline)) {
+    std::fill(g, g + jn, T(0));
+    for (int64_t w = 0; w < W; ++w) {
+      T* __restrict__ div = s.div.data();
+      tile_divergence(s.ratios.data() + r * WK + w * o.K, in.pt.data() + w * o.K * in.np + j0, in.np, jn, o, div);
+      if constexpr (kRowsOuter) {
+        const T lse = t.lse[t.items[r] * W + w];
+        const T inv_n = t.inv_n[r];
+#pragma omp simd
+        for (int64_t j = 0; j < jn; ++j) {
+          T w_pos, w_neg;
+          pdcr::pair_weights(div[j], weights, w_pos, w_neg);
+          const T p = simd::exp(logit[j] * w_neg - lse);
+          g[j] += pdcr::pair_grad_term(p, w_pos, w_neg, inv_n);
+        }
+      } else {
+        const T* __restrict__ lse = in.lse.data() + w * in.np + j0;
+        const T* __restrict__ inv_n = in.inv_n.data() + j0;
+#pragma omp simd
+        for (int64_t j = 0; j < jn; ++j) {
+          T w_pos, w_neg;
+          pdcr::pair_weights(div[j], weights, w_pos, w_neg);
+          const T p = simd::exp(logit[j] * w_neg - lse[j]);
+          g[j] += pdcr::pair_grad_term(p, w_pos, w_neg, inv_n[j]);
+        }
+      }
+    }
+    if constexpr (kRowsOuter) {
+      const T coef = t.coef[r];
+#pragma omp simd
+      for (int64_t j = 0; j < jn; ++j) g[j] *= coef;
+    } else {
+      const T* __restrict__ coef = in.coef.data() + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < jn; ++j) g[j] *= coef[j];
+    }
+  };
+  grad_sweep<T, kIsa>(t.outer, t.items, t.count, in, o, t.inv_tau, s, t.grad, row_weights);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -386,63 +399,43 @@ struct IntraTask {
 template <typename T, int kIsa, bool kFixedShift>
 AFFSEG_ALWAYS_INLINE void intra_grad_body(const IntraTask<T>& t, const Options& o, Scratch<T>& s) {
   const Panel<T>& in = *t.panel;
-  const int64_t W = o.W, WK = o.W * o.K, cp = o.cp, np = in.np;
-  const int64_t* items = in.idx.data() + t.start;
-  gather_outer(t.side, items, t.count, in, o, s);
-  const int64_t rows4 = round_up(t.count, kMicroRows);
-  std::fill(s.acc.begin(), s.acc.begin() + rows4 * cp, T(0));
-  std::fill(s.grads.begin() + t.count * kTile, s.grads.begin() + rows4 * kTile, T(0));
-  const T inv_tau = t.inv_tau;
+  const int64_t W = o.W, WK = o.W * o.K, np = in.np;
   const pdcr::WeightMap<T> weights = pdcr::weight_map<T>(o.swapped);
-  for (int64_t j0 = 0; j0 < in.n; j0 += kTile) {
-    const int64_t jn = std::min(kTile, in.n - j0);
-    const int64_t jw = round_up(jn, kPad<T>);
-    tile_product<T, kIsa, false>(s.outer_rows.data(), rows4, o.C, in.ft.data() + j0, np, jw, s.dots.data(), kTile);
+  const auto row_weights = [&](int64_t r, int64_t j0, int64_t jn, const T* __restrict__ logit, T* __restrict__ h)
+      __attribute__((always_inline)) {
+    const int64_t q = t.start + r;
+    const T c_row = in.row_coef[q];
+    const T b_row = in.pos_coef[q];
     const T* __restrict__ c_col = in.row_coef.data() + j0;
     const T* __restrict__ b_col = in.pos_coef.data() + j0;
-    for (int64_t r = 0; r < t.count; ++r) {
-      const int64_t q = t.start + r;
-      const T c_row = in.row_coef[q];
-      const T b_row = in.pos_coef[q];
-      T* __restrict__ logit = s.dots.data() + r * kTile;
-      T* __restrict__ h = s.grads.data() + r * kTile;
-#pragma omp simd
-      for (int64_t j = 0; j < jn; ++j) logit[j] = pdcr::scaled_logit(logit[j], inv_tau);
-      // Columns jn .. jw − 1 are padding: zero weights for the gradient product.
-      for (int64_t j = jn; j < jw; ++j) h[j] = T(0);
-      for (int64_t w = 0; w < W; ++w) {
-        T* __restrict__ div = s.div.data();
-        tile_divergence(s.ratios.data() + r * WK + w * o.K, in.pt.data() + w * o.K * np + j0, np, jn, o, div);
-        const T stat_row = in.row_stat[w * np + q];
-        const T* __restrict__ stat_col = in.row_stat.data() + w * np + j0;
-        const auto term = [&](int64_t j) __attribute__((always_inline)) {
-          T w_pos, w_neg;
-          pdcr::pair_weights(div[j], weights, w_pos, w_neg);
-          const T x = logit[j] * w_neg;
-          T both;
-          if constexpr (kFixedShift) {
-            both = simd::exp(x) * (stat_row + stat_col[j]);
-          } else {
-            both = simd::exp(x - stat_row) * c_row + simd::exp(x - stat_col[j]) * c_col[j];
-          }
-          return w_neg * both - w_pos * (b_row + b_col[j]);
-        };
-        // The first window starts the sum: h still holds the last tile's weights.
-        if (w == 0) {
-#pragma omp simd
-          for (int64_t j = 0; j < jn; ++j) h[j] = term(j);
+    for (int64_t w = 0; w < W; ++w) {
+      T* __restrict__ div = s.div.data();
+      tile_divergence(s.ratios.data() + r * WK + w * o.K, in.pt.data() + w * o.K * np + j0, np, jn, o, div);
+      const T stat_row = in.row_stat[w * np + q];
+      const T* __restrict__ stat_col = in.row_stat.data() + w * np + j0;
+      const auto term = [&](int64_t j) __attribute__((always_inline)) {
+        T w_pos, w_neg;
+        pdcr::pair_weights(div[j], weights, w_pos, w_neg);
+        const T x = logit[j] * w_neg;
+        T both;
+        if constexpr (kFixedShift) {
+          both = simd::exp(x) * (stat_row + stat_col[j]);
         } else {
-#pragma omp simd
-          for (int64_t j = 0; j < jn; ++j) h[j] += term(j);
+          both = simd::exp(x - stat_row) * c_row + simd::exp(x - stat_col[j]) * c_col[j];
         }
+        return w_neg * both - w_pos * (b_row + b_col[j]);
+      };
+      // The first window starts the sum: h still holds the last tile's weights.
+      if (w == 0) {
+#pragma omp simd
+        for (int64_t j = 0; j < jn; ++j) h[j] = term(j);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < jn; ++j) h[j] += term(j);
       }
-      const int64_t self = s.self_pos[r] - j0;
-      if (self >= 0 && self < jn) h[self] = T(0);
     }
-    tile_product<T, kIsa, true>(s.grad_rows.data(), rows4, jw, in.f.data() + j0 * o.ldf, o.ldf, cp, s.acc.data(),
-                                cp);
-  }
-  for (int64_t r = 0; r < t.count; ++r) std::copy_n(s.acc.data() + r * cp, o.C, t.grad + items[r] * o.C);
+  };
+  grad_sweep<T, kIsa>(t.side, in.idx.data() + t.start, t.count, in, o, t.inv_tau, s, t.grad, row_weights);
 }
 
 // The task entry points, one build per ISA (affseg/cpu_isa.h); the bodies above are forced inline
