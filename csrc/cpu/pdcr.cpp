@@ -1,4 +1,5 @@
-// CPU kernels of the fused PDCR contrastive term (SPEC §3): affseg::pdcr_fwd and affseg::pdcr_bwd.
+// CPU kernels of the fused PDCR contrastive term (SPEC §3): affseg::pdcr_fwd / pdcr_bwd (rows against
+// columns) and affseg::pdcr_intra_fwd / pdcr_intra_bwd (one feature set as both).
 //
 // Math (per-pair arithmetic in affseg/pdcr_math.h): for each valid row i and window w,
 //   lse_iw = LSE_j ŝ_ij·w⁻_ijw, pos_iw = Σ_j ŝ_ij·w⁺_ijw, r_i = (1/W) Σ_w (lse_iw − pos_iw/n_i),
@@ -17,10 +18,17 @@
 // and NaN propagates. When the data bound |ŝ·w⁻| below pdcr::fixed_shift_limit (for ratios that
 // sum to 1: τ ≥ 0.07 with tv, τ ≥ 0.11 with fg_l1) the exp sums need no running maximum; otherwise each tile
 // rescales an online maximum. grad_fb is a second sweep with the roles swapped (column blocks,
-// row tiles), so every output row is written by one task: deterministic, no atomics.
+// row tiles), so every output row is written by one task: deterministic, no atomics. The intra-layer
+// backward is one sweep: ŝ and d are symmetric, so each pair's tile gives both its row's and its
+// column's weight (intra_grad_body), with one exp per pair and window under the fixed shift.
 // Memory: O(B·(N+M)·(C+W·K)) for the panels and 32×256 tiles per thread; never N×M.
-// FLOPs per call: about 2·N·M·C (dot) + N·M·W·(3K+25) (epilogue) forward; twice the dot products
-// plus 4·N·M·C for the gradient products backward.
+// Work per call (P = N·M pairs; bytes are the compulsory ones, e = element size; the panels are
+// re-read from cache once per 32-row task):
+//   forward:        2·P·C dot FLOPs + P·W·(3K + 25) epilogue FLOPs, P·W exps;
+//                   reads B·(N + M)·(C + W·K)·e, writes B·N·(1 + W)·e.
+//   backward:       4·P·C dot + 4·P·C gradient-product FLOPs + 2·P·W·(3K + 25), 2·P·W exps;
+//   intra backward: 2·P·C dot + 2·P·C product FLOPs + P·W·(3K + 30), P·W exps (2·P·W without the
+//                   fixed shift); both read the forward's inputs and B·N·(1 + W)·e, write B·(N + M)·C·e.
 // Limits: float32/float64 (one dtype for features and ratios), contiguous inputs, bool masks, W ≥ 1;
 // no limit on W, K, C, N or M (int64 indexing; scratch per thread O(32·256 + 32·(C + W·K))).
 // Hot loops are compiled per ISA (baseline, AVX2+FMA, AVX-512; affseg/cpu_isa.h), picked at run time.

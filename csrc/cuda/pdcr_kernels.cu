@@ -15,7 +15,11 @@
 // reading the rows' lse) write G to shared memory and add G·(inner features) into the outer items'
 // gradient rows, which only this block owns: deterministic, no atomics.
 // Memory: no N×M buffer; static shared memory 64·(CHUNK+1)·T + 32·33·T (backward) or 3·128·8·T (forward).
-// FLOPs per call: 2·N·M·C forward (+ the epilogue, W·(3K+20) per pair); 4·N·M·C + 2 epilogues backward.
+// Work per call (P = N·M pairs, e = element size): forward 2·P·C FLOPs on scalar FMAs + the epilogue,
+// W·(3K + 20) per pair, and P·W exps; backward 8·P·C FLOPs (each kernel recomputes the dots and does
+// one G·f product), 2 epilogues and 2·P·W exps. Compulsory bytes: B·(N + M)·(C + W·K)·e read and
+// B·N·(1 + W)·e written forward; backward also reads B·N·(1 + W)·e and writes B·(N + M)·C·e. The
+// intra-layer ops run these kernels with the same tensor as rows and columns and sum the gradients.
 // Limits: W ≤ kPdcrMaxWindows = 8 (shared memory of the forward state), B ≤ 65535 (grid y), valid
 // columns per batch < 2^31 (int counter); float32/float64; int64 indexing otherwise.
 #include <cuda_runtime.h>

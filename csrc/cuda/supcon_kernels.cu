@@ -6,6 +6,9 @@
 // Forward: online LSE over each tile's TN logits. Backward: the pair weights of the tile, then
 // grad f_i += Σ_k w_ik f_k chunk by chunk into the thread's own output row (read-modify-write of its
 // own row only: deterministic, no atomics). Logits are recomputed, never stored.
+// Work per call (e = element size): forward 2·B·N²·C FLOPs (scalar FMAs) and B·N² exps; backward
+// 4·B·N²·C FLOPs (dots and the Σ w f product) and 2·B·N² exps. Compulsory bytes: B·N·(C·e + 1 + e)
+// forward, B·N·(2·C·e + 1 + 2·e) backward; the column tiles are re-read from L2 by every row block.
 // Limits: float32/float64 unit rows; B ≤ kCosLseMaxBatch = 65535 (grid y), N < 2^31·128 rows; int64
 // indexing otherwise.
 #include "supcon_kernels.h"
