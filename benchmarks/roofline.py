@@ -18,6 +18,7 @@ of shared memory per SM, at most 64 resident warps.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
@@ -65,15 +66,18 @@ def main() -> int:
     rows = []
     N, C, W, K = 16384, 128, 3, 4
     for prec in ("ieee", "tf32", "bf16"):
-        for backward in (False, True):
-            flops, nbytes = pdcr.work(1, N, N, C, W, K, torch.float32, backward=backward, input_precision=prec)
-            D = -(-C // pdcr._launch_config(C, torch.float32, prec)[2])
-            dot_flops = (2.0 * (2 * D + 2) if backward else 2.0) * N * N * C
+        for mode in ("fwd", "bwd", "intra bwd"):
+            backward, intra = mode != "fwd", mode == "intra bwd"
+            flops, nbytes = pdcr.work(1, N, N, C, W, K, torch.float32, backward=backward, input_precision=prec,
+                                      intra=intra)
+            block, block_c, block_d, _ = pdcr._launch_config(C, torch.float32, prec, intra_bwd=intra)
+            D = -(-C // block_d)
+            dot_flops = ((1 if intra else 2) * (2.0 * D + 2) if backward else 2.0) * N * N * C
             exps = (2 * D if backward else 1) * N * N * W
-            block, block_c, block_d, _ = pdcr._launch_config(C, torch.float32, prec)
             kernel = "_pdcr_bwd_rows_kernel" if backward else "_pdcr_fwd_kernel"
-            found = _registers(compiled, kernel, BLOCK_N=block, BLOCK_C=block_c, INPUT_PRECISION=prec, W=3)
-            rows.append(("pdcr", "bwd" if backward else "fwd", prec, f"N={N}, C={C}, W={W}, K={K}",
+            extra = {"INTRA": intra} if backward else {}
+            found = _registers(compiled, kernel, BLOCK_N=block, BLOCK_C=block_c, INPUT_PRECISION=prec, W=3, **extra)
+            rows.append(("pdcr", mode, prec, f"N={N}, C={C}, W={W}, K={K}",
                          dot_flops, flops - dot_flops, exps, nbytes, found))
     N = 16384
     for prec in ("ieee", "tf32", "bf16"):
@@ -115,6 +119,10 @@ def main() -> int:
               "far the epilogue overlaps the dots, which only a GPU run can show.", ""]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "roofline.md").write_text("\n".join(lines))
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    (HERE / "results" / "roofline.stamp").write_text(
+        f"Estimated {datetime.date.today().isoformat()} at commit {sha or 'unknown'} from the kernels' operation counts "
+        "and ptxas register use compiling for sm_90 (no GPU ran).\n")
     print("\n".join(lines))
     return 0
 

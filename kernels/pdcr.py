@@ -24,13 +24,16 @@ BLOCK_C-wide channel chunks (kernels/_launch.py `tile_dots`), so shared memory a
 bounded by the tiles, not by C. Backward recomputes the tiles from the saved row_lse, as
 FlashAttention-2 does, with no atomics (deterministic): `_pdcr_bwd_rows_kernel` (row tiles, sweeps
 columns) writes grad_fa with tl.dot(G, fb); `_pdcr_bwd_cols_kernel` (column tiles, sweeps rows)
-builds Gᵀ and writes grad_fb with tl.dot(Gᵀ, fa). Each backward program owns BLOCK_D output
+builds Gᵀ and writes grad_fb with tl.dot(Gᵀ, fa). Intra-layer (`pdcr_intra_bwd`, one feature set as
+rows and columns) runs only the rows kernel with INTRA: ŝ and d are symmetric, so each tile also
+gives every column's own row term, and G plus those terms times f is the gradient in both roles,
+from half the similarity work. Each backward program owns BLOCK_D output
 channels (grid: batch × tiles × D, D = ⌈C/BLOCK_D⌉), so for C above BLOCK_D the similarity and G are
 recomputed D times: registers stay bounded at C = 1024 at that price. Nothing of size N×M is stored.
 
 Work (counted by `work`; e = element bytes). FLOPs: forward 2·B·N·M·C (dot) + B·N·M·W·(3K + 8);
 backward 2·(2D + 2)·B·N·M·C (each of its two kernels recomputes ŝ D times and does one G·f product)
-+ 2·D·B·N·M·W·(3K + 10). Exps: B·N·M·W forward, 2·D·B·N·M·W backward. Bytes, compulsory (each
++ 2·D·B·N·M·W·(3K + 10); intra-layer backward (2D + 2)·B·N²·C + 2·D·B·N²·W·(3K + 10). Exps: B·N·M·W forward, 2·D·B·N·M·W backward. Bytes, compulsory (each
 tensor once; re-reads of column tiles by every row tile come from L2 and are not counted): forward
 reads fa, fb, φa, φb, n and the masks, B·((N + M)·(C + W·K) + N)·e + B·(N + M), and writes
 B·N·(1 + W)·e; backward reads the same plus g and row_lse, B·N·(1 + W)·e, and writes B·(N + M)·C·e.
@@ -230,9 +233,12 @@ def _pdcr_bwd_rows_kernel(
     W: tl.constexpr, K_UNROLL: tl.constexpr,
     SWAPPED: tl.constexpr, FG_L1: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-    ONE_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, INPUT_PRECISION: tl.constexpr, INTRA: tl.constexpr,
 ):
-    """grad_fa[rows, ds] for one (row tile, channel chunk): Σ over column tiles of tl.dot(G, fb[:, ds])."""
+    """grad_fa[rows, ds] for one (row tile, channel chunk): Σ over column tiles of tl.dot(G, fb[:, ds]).
+    INTRA (fb = fa, φb = φa, valid_b = valid_a): ŝ and d are symmetric, so the tile also gives each
+    column's own row term G_ji, and G + Gᵀ-terms times fb is the gradient of f in both roles: one
+    kernel, no column sweep."""
     b, rows, ds = _chunk_program(TILES, CHUNKS, BLOCK_N, BLOCK_D)
     inv_tau = tl.load(inv_tau_ptr)
     row_in = rows < N
@@ -240,7 +246,8 @@ def _pdcr_bwd_rows_kernel(
     fa_b = fa_ptr + b * N * C
     fb_b = fb_ptr + b * M * C
     n = tl.load(n_ptr + b * N + rows, mask=row_in, other=0.0)
-    row_ok = row_in & (tl.load(va_ptr + b * N + rows, mask=row_in, other=0) != 0) & (n > 0)
+    row_valid = row_in & (tl.load(va_ptr + b * N + rows, mask=row_in, other=0) != 0)
+    row_ok = row_valid & (n > 0)
     g = tl.load(g_ptr + b * N + rows, mask=row_in, other=0.0)
     scale = (g * (inv_tau / W))[:, None]
     n = tl.maximum(n, 1.0)[:, None]
@@ -262,12 +269,23 @@ def _pdcr_bwd_rows_kernel(
         pair = row_ok[:, None] & col_ok[None, :]
         if EXCLUDE_SELF:
             pair = pair & (rows[:, None] != cols[None, :])
+        if INTRA:  # each column j as a row of its own: its statistics, and the rows as its columns
+            n_t = tl.load(n_ptr + b * N + cols, mask=col_in, other=0.0)
+            col_row_ok = col_ok & (n_t > 0)
+            scale_t = (tl.load(g_ptr + b * N + cols, mask=col_in, other=0.0) * (inv_tau / W))[None, :]
+            n_t = tl.maximum(n_t, 1.0)[None, :]
+            pair_t = row_valid[:, None] & col_row_ok[None, :]
+            if EXCLUDE_SELF:
+                pair_t = pair_t & (rows[:, None] != cols[None, :])
         G = tl.zeros([BLOCK_N, BLOCK_M], fa_ptr.dtype.element_ty)
         for w in tl.static_range(W):
             d = _divergence(pa_ptr + (b * W + w) * N * K, pb_ptr + (b * W + w) * M * K,
                             rows, cols, row_in, col_in, K, K_UNROLL, FG_L1, BLOCK_N, BLOCK_M)
             lse = tl.load(lse_ptr + (b * N + rows) * W + w, mask=row_ok, other=0.0)
             G += _pair_grad(s, d, lse[:, None], scale, n, pair, SWAPPED)
+            if INTRA:
+                lse_t = tl.load(lse_ptr + (b * N + cols) * W + w, mask=col_row_ok, other=0.0)
+                G += _pair_grad(s, d, lse_t[None, :], scale_t, n_t, pair_t, SWAPPED)
         acc = dot(G, fb_d, acc, INPUT_PRECISION)
     tl.store(grad_ptr + (b * N + rows[:, None]) * C + ds[None, :], acc, mask=row_in[:, None] & d_in[None, :])
 
@@ -323,7 +341,8 @@ def _pdcr_bwd_cols_kernel(
     tl.store(grad_ptr + (b * M + cols[:, None]) * C + ds[None, :], acc, mask=col_in[:, None] & d_in[None, :])
 
 
-def _launch_config(C, dtype, input_precision="ieee", gpu=True, block=None, block_c=None, block_d=None):
+def _launch_config(C, dtype, input_precision="ieee", gpu=True, block=None, block_c=None, block_d=None,
+                   intra_bwd=False):
     """(BLOCK, BLOCK_C, BLOCK_D, num_warps). Up to C = 128 every kernel holds whole feature rows
     (BLOCK_C = BLOCK_D = next_pow2(C), ONE_CHUNK); above, the similarity is summed over BLOCK_C
     chunks and the backward writes BLOCK_D output channels per program. On a GPU: the largest tiles
@@ -339,7 +358,8 @@ def _launch_config(C, dtype, input_precision="ieee", gpu=True, block=None, block
     elif input_precision == "ieee":
         # 32-row tiles spill from C = 64 on; chunked, every 4-warp (and 2-warp) choice of
         # BLOCK_C, BLOCK_D in {16, 32} spilled 4-16 B in some kernel, 8 warps on 32/32 none (ptxas -v, sm_90)
-        config = ((32 if pow2 <= 32 else 16), pow2, pow2, 4) if whole else (16, 32, 32, 8)
+        # (the intra-layer backward's column terms spill 32-row tiles at C ≤ 32 too)
+        config = ((32 if pow2 <= 32 and not intra_bwd else 16), pow2, pow2, 4) if whole else (16, 32, 32, 8)
     else:  # tf32's mma layouts spill at 32 rows even for C = 16; bf16 takes the same tiles
         # chunked: 64/128 spilled 24-48 B in the backward, 32/64 none
         config = (16, pow2, pow2, 4) if whole else (16, 32, 64, 4)
@@ -356,7 +376,7 @@ def _mask(valid, like):
 
 
 def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block,
-                  block_c=None, block_d=None):
+                  block_c=None, block_d=None, intra_bwd=False):
     """Sizes, per-row column counts n_i, 1/τ as a tensor, and the kernels' compile-time options."""
     B, N, C = fa.shape
     M = fb.shape[1]
@@ -370,7 +390,7 @@ def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self,
         )
     input_precision = input_precision_for("the Triton PDCR kernel", input_precision, fa)
     block, block_c, block_d, num_warps = _launch_config(C, fa.dtype, input_precision, on_gpu(fa), block,
-                                                        block_c, block_d)
+                                                        block_c, block_d, intra_bwd)
     # n_i: valid columns of each row (the row itself excluded when asked); rows without any drop out.
     n_cols = vb.sum(dim=1, keepdim=True).to(fa.dtype).expand(B, N)
     if exclude_self:
@@ -423,18 +443,45 @@ def pdcr_bwd(grad_row, fa, pa, fb, pb, va, vb, row_lse, *, inv_tau, swapped, fg_
     chunks = triton.cdiv(C, block_d)
     with device_of(fa):
         _pdcr_bwd_rows_kernel[(check_grid("pdcr_bwd", B * row_tiles * chunks),)](
-            *args, grad_fa, N, M, C, K, inv_tau_t, row_tiles, chunks, BLOCK_D=block_d, **meta)
+            *args, grad_fa, N, M, C, K, inv_tau_t, row_tiles, chunks, BLOCK_D=block_d, INTRA=False, **meta)
         _pdcr_bwd_cols_kernel[(check_grid("pdcr_bwd", B * col_tiles * chunks),)](
             *args, grad_fb, N, M, C, K, inv_tau_t, col_tiles, chunks, BLOCK_D=block_d, **meta)
     return grad_fa, grad_fb
 
 
-def work(B, N, M, C, W, K, dtype, backward=False, input_precision="ieee"):
-    """(FLOPs, bytes) of one pdcr_fwd (or pdcr_bwd) call on a GPU, counted as in this file's header."""
+def pdcr_intra_fwd(f, phi, valid, *, inv_tau, swapped, fg_l1, exclude_self, input_precision="ieee", block=None,
+                   block_c=None):
+    """:func:`pdcr_fwd` with one feature set f (B, N, C), phi, valid as rows and columns."""
+    return pdcr_fwd(f, phi, f, phi, valid, valid, inv_tau=inv_tau, swapped=swapped, fg_l1=fg_l1,
+                    exclude_self=exclude_self, input_precision=input_precision, block=block, block_c=block_c)
+
+
+def pdcr_intra_bwd(grad_row, f, phi, valid, row_lse, *, inv_tau, swapped, fg_l1, exclude_self,
+                   input_precision="ieee", block=None, block_c=None, block_d=None):
+    """grad f (B, N, C) of Σ grad_row · row_loss with f in both roles: the rows kernel alone (INTRA)."""
+    (B, N, M, C, W, K), n_cols, inv_tau_t, meta, block_d = _launch_setup(
+        f, phi, f, phi, valid, valid, inv_tau, swapped, fg_l1, exclude_self, input_precision, block, block_c, block_d,
+        intra_bwd=True)
+    if B == 0 or N == 0:
+        return torch.zeros_like(f)
+    grad = torch.empty_like(f)
+    mask = _mask(valid, f)
+    tiles, chunks = triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(C, block_d)
+    with device_of(f):
+        _pdcr_bwd_rows_kernel[(check_grid("pdcr_intra_bwd", B * tiles * chunks),)](
+            grad_row.contiguous(), f, phi, f, phi, mask, mask, n_cols, row_lse, grad, N, N, C, K, inv_tau_t, tiles,
+            chunks, BLOCK_D=block_d, INTRA=True, **meta)
+    return grad
+
+
+def work(B, N, M, C, W, K, dtype, backward=False, input_precision="ieee", intra=False):
+    """(FLOPs, bytes) of one pdcr_fwd (or pdcr_bwd, or with ``intra`` pdcr_intra_bwd, M = N) call on
+    a GPU, counted as in this file's header."""
     e = torch.empty((), dtype=dtype).element_size()
     reads = B * ((N + M) * (C + W * K) + N) * e + B * (N + M)
     if not backward:
         return 2.0 * B * N * M * C + B * N * M * W * (3 * K + 8), float(reads + B * N * (1 + W) * e)
-    D = triton.cdiv(C, _launch_config(C, dtype, input_precision, gpu=True)[2])
-    flops = 2.0 * (2 * D + 2) * B * N * M * C + 2.0 * D * B * N * M * W * (3 * K + 10)
+    D = triton.cdiv(C, _launch_config(C, dtype, input_precision, gpu=True, intra_bwd=intra)[2])
+    kernels = 1 if intra else 2  # the intra rows kernel does both pair terms from one ŝ tile
+    flops = kernels * (2.0 * D + 2) * B * N * M * C + 2.0 * D * B * N * M * W * (3 * K + 10)
     return flops, float(reads + B * N * (1 + W) * e + B * (N + M) * C * e)

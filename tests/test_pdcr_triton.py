@@ -239,6 +239,15 @@ def test_opcheck_backward():
                           (grad_row, fa, pa, fb, pb, va, vb, row_lse, *options))
 
 
+def test_opcheck_intra():
+    fa, pa, _, _, va, _, *options = _op_args(intra=True)
+    torch.library.opcheck(torch.ops.affseg.triton_pdcr_intra_fwd.default, (fa, pa, va, *options))
+    _, row_lse = torch.ops.affseg.triton_pdcr_intra_fwd(fa.detach(), pa, va, *options)
+    grad_row = torch.randn(fa.shape[:2], dtype=fa.dtype)
+    torch.library.opcheck(torch.ops.affseg.triton_pdcr_intra_bwd.default,
+                          (grad_row, fa.detach(), pa, va, row_lse, *options))
+
+
 def test_torch_compile_fullgraph():
     # unit features in, so the graph is the op and its backward (normalize would triple compile time)
     inputs = _make(2, 40, None, 8, 2, 3, torch.float32, cross=False)

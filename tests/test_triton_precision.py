@@ -157,7 +157,8 @@ def _record(monkeypatch, module, names):
     return calls
 
 
-LAUNCHERS = {"pdcr": (kp, ("pdcr_fwd", "pdcr_bwd")), "supcon": (ks, ("cos_lse_fwd", "cos_lse_bwd"))}
+# The pdcr cases below are intra-layer: pdcr_intra_fwd launches through pdcr_fwd, the backward is pdcr_intra_bwd.
+LAUNCHERS = {"pdcr": (kp, ("pdcr_fwd", "pdcr_intra_bwd")), "supcon": (ks, ("cos_lse_fwd", "cos_lse_bwd"))}
 
 
 @pytest.mark.parametrize("family", ["pdcr", "supcon"])

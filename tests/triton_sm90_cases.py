@@ -65,6 +65,8 @@ def pdcr(mod, torch):
         opts = dict(inv_tau=10.0, swapped=swapped, fg_l1=fg_l1, exclude_self=exclude_self, input_precision=prec)
         loss, lse = mod.pdcr_fwd(fa, pa, fb, pb, va, vb, **opts)
         mod.pdcr_bwd(torch.empty_like(loss), fa, pa, fb, pb, va, vb, lse, **opts)
+        if N == M:  # the intra-layer backward: the rows kernel with the column terms (INTRA)
+            mod.pdcr_intra_bwd(torch.empty_like(loss), fa, pa, va, lse, **opts)
 
     for dtype in _kernel_dtypes(mod, lim):
         precisions = mod.INPUT_PRECISIONS if dtype == torch.float32 else ("ieee",)

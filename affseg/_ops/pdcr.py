@@ -2,8 +2,9 @@
 
 `pdcr_rows` returns the per-row loss (B, N) of the contrastive term on unit rows; it is
 differentiable w.r.t. `fa` and `fb`. Intra-layer callers pass the same tensor as `fa` and `fb`:
-the C++ backends then run `affseg::pdcr_intra_fwd`/`pdcr_intra_bwd`, whose one gradient is the
-derivative of the loss in both roles (Triton: autograd adds the row and column gradients). The C++ ops (`affseg::pdcr_fwd`/`pdcr_bwd`, CPU and CUDA) and the
+every backend then runs its intra ops (`affseg::pdcr_intra_fwd`/`pdcr_intra_bwd`, Triton
+`affseg::triton_pdcr_intra_fwd`/`_bwd`), whose one gradient is the derivative of the loss in both
+roles. The C++ ops (`affseg::pdcr_fwd`/`pdcr_bwd`, CPU and CUDA) and the
 Triton ops (`affseg::triton_pdcr_fwd`/`triton_pdcr_bwd`) share one contract, so they share the
 fake kernels and the autograd declaration.
 """
@@ -45,14 +46,17 @@ def _gradient(bwd) -> Gradient:
     return Gradient("pdcr_loss_from_ratios", bwd, tensor_inputs=6, grad_inputs=(0, 2), saved_outputs=(1,))
 
 
+def _intra_gradient(bwd) -> Gradient:
+    # fwd(f, phi, valid, *options) -> (row_loss, row_lse);
+    # bwd(grad_row, f, phi, valid, row_lse, *options) -> grad_f (both roles of f).
+    return Gradient("pdcr_loss_from_ratios", bwd, tensor_inputs=3, grad_inputs=(0,), saved_outputs=(1,))
+
+
 if _extension.HAS_C:
     define("pdcr_fwd", fake=_fwd_fake)
     differentiable("pdcr_fwd", _gradient(define("pdcr_bwd", fake=_bwd_fake)))
-    # pdcr_intra_fwd(f, phi, valid, *options) -> (row_loss, row_lse);
-    # pdcr_intra_bwd(grad_row, f, phi, valid, row_lse, *options) -> grad_f (both roles of f).
     define("pdcr_intra_fwd", fake=_intra_fwd_fake)
-    differentiable("pdcr_intra_fwd", Gradient("pdcr_loss_from_ratios", define("pdcr_intra_bwd", fake=_intra_bwd_fake),
-                                              tensor_inputs=3, grad_inputs=(0,), saved_outputs=(1,)))
+    differentiable("pdcr_intra_fwd", _intra_gradient(define("pdcr_intra_bwd", fake=_intra_bwd_fake)))
 
 
 _kernels = _backend.load_triton_kernels("pdcr")
@@ -73,8 +77,25 @@ if _kernels is not None:
         return _kernels.pdcr_bwd(grad_row, fa, pa, fb, pb, va, vb, row_lse, inv_tau=inv_tau, swapped=swapped,
                                  fg_l1=fg_l1, exclude_self=exclude_self, input_precision=input_precision)
 
+    def _triton_intra_fwd(
+        f: Tensor, phi: Tensor, valid: Tensor,
+        inv_tau: float, swapped: bool, fg_l1: bool, exclude_self: bool, input_precision: str,
+    ) -> tuple[Tensor, Tensor]:
+        return _kernels.pdcr_intra_fwd(f, phi, valid, inv_tau=inv_tau, swapped=swapped, fg_l1=fg_l1,
+                                       exclude_self=exclude_self, input_precision=input_precision)
+
+    def _triton_intra_bwd(
+        grad_row: Tensor, f: Tensor, phi: Tensor, valid: Tensor, row_lse: Tensor,
+        inv_tau: float, swapped: bool, fg_l1: bool, exclude_self: bool, input_precision: str,
+    ) -> Tensor:
+        return _kernels.pdcr_intra_bwd(grad_row, f, phi, valid, row_lse, inv_tau=inv_tau, swapped=swapped,
+                                       fg_l1=fg_l1, exclude_self=exclude_self, input_precision=input_precision)
+
     define("triton_pdcr_fwd", impl=_triton_fwd, fake=_fwd_fake)
     differentiable("triton_pdcr_fwd", _gradient(define("triton_pdcr_bwd", impl=_triton_bwd, fake=_bwd_fake)))
+    define("triton_pdcr_intra_fwd", impl=_triton_intra_fwd, fake=_intra_fwd_fake)
+    differentiable("triton_pdcr_intra_fwd", _intra_gradient(
+        define("triton_pdcr_intra_bwd", impl=_triton_intra_bwd, fake=_intra_bwd_fake)))
     _backend.register_triton("pdcr_loss_from_ratios", _kernels)
 
 
@@ -82,14 +103,17 @@ def pdcr_rows(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self, 
     """Per-row PDCR loss (B, N) of unit rows `fa` against unit columns `fb` (SPEC §3).
 
     All floating inputs contiguous and of one dtype (float32 or float64); `va` (B, N) and `vb`
-    (B, M) bool. Intra-layer pairs (`fb is fa`, `pb is pa`, `vb is va`) take the C++ intra ops,
-    whose CPU backward sweeps the symmetric similarity matrix once. Rows that are invalid or have no valid column give 0. ``input_precision`` is the
+    (B, M) bool. Intra-layer pairs (`fb is fa`, `pb is pa`, `vb is va`) take the intra ops, whose
+    backward sweeps the symmetric similarity matrix once (CPU and Triton; CUDA sums two sweeps). Rows that are invalid or have no valid column give 0. ``input_precision`` is the
     Triton dot precision for float32 (kernels/_launch.py INPUT_PRECISIONS, picked by
     affseg._backend.dot_precision); the C++ kernels ignore it (IEEE arithmetic always).
     """
     options = (float(inv_tau), bool(swapped), bool(fg_l1), bool(exclude_self))
+    intra = fb is fa and pb is pa and vb is va
     if backend == "triton":
+        if intra:
+            return torch.ops.affseg.triton_pdcr_intra_fwd(fa, pa, va, *options, input_precision)[0]
         return torch.ops.affseg.triton_pdcr_fwd(fa, pa, fb, pb, va, vb, *options, input_precision)[0]
-    if fb is fa and pb is pa and vb is va:
+    if intra:
         return torch.ops.affseg.pdcr_intra_fwd(fa, pa, va, *options)[0]
     return torch.ops.affseg.pdcr_fwd(fa, pa, fb, pb, va, vb, *options)[0]
