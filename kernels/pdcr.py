@@ -42,7 +42,9 @@ Limits (LIMITS): fa/fb/phia/phib contiguous and of one dtype: float32 (accumulat
 float64 (accumulates in float64); the public op also takes float16 and bfloat16 (bfloat16 on a GPU
 only), upcast to float32 before the launch (KERNEL_DTYPES). C ≤ 1024 (chunked above 128; larger C
 only costs more backward recomputation, the bound is what the sm_90 compile test covers). W ≤ 4 is
-unrolled at compile time (one compilation per W and options); K is a run-time loop, unbounded.
+unrolled at compile time (one compilation per W and options). K ≤ 8 is unrolled too; larger K
+runs a run-time class loop (unbounded, one compilation for all K), in the interpreter only for now:
+GPU_LIMITS keeps K ≤ 8, since the loop form spilled 8-24 B in the sm_90 backward.
 Offsets within one image are int32 except in the channel chunks: N·C, M·C < 2^31.
 
 Precision (SPEC §8). Every dot (ŝ, and G·f in the backward) runs INPUT_PRECISION (kernels/_launch.py
