@@ -220,6 +220,21 @@ def _pair_grad(s, d, lse, scale_row, n_row, pair, SWAPPED: tl.constexpr):
 
 
 @triton.jit
+def _operand_tiles(ptr, items, in_mask, ds, d_in, C, BLOCK_C: tl.constexpr, ONE_CHUNK: tl.constexpr):
+    """(similarity operand, product operand) of the swept items of a backward kernel. ONE_CHUNK
+    (BLOCK_D = BLOCK_C ≥ C): one whole-row tile serves both; otherwise the similarity loads its own
+    channel chunks (0.0 here) and the product takes the items' BLOCK_D channels ds."""
+    if ONE_CHUNK:
+        x = _load_features(ptr, items, in_mask, C, BLOCK_C)
+        x_d = x
+    else:
+        x = 0.0
+        x_d = tl.load(ptr + items[:, None].to(tl.int64) * C + ds[None, :], mask=in_mask[:, None] & d_in[None, :],
+                      other=0.0)
+    return x, x_d
+
+
+@triton.jit
 def _chunk_program(TILES, CHUNKS, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
     """(batch, the program's BLOCK items, its BLOCK_D output channels) of a (batch, tile, chunk) grid."""
     pid = tl.program_id(0)
@@ -259,13 +274,7 @@ def _pdcr_bwd_rows_kernel(
         cols = start + tl.arange(0, BLOCK_M)
         col_in = cols < M
         col_ok = col_in & (tl.load(vb_ptr + b * M + cols, mask=col_in, other=0) != 0)
-        if ONE_CHUNK:  # BLOCK_D = BLOCK_C ≥ C: the similarity's fb tile is the product's operand
-            fb = _load_features(fb_b, cols, col_in, C, BLOCK_C)
-            fb_d = fb
-        else:
-            fb = 0.0
-            fb_d = tl.load(fb_b + cols[:, None].to(tl.int64) * C + ds[None, :],
-                           mask=col_in[:, None] & d_in[None, :], other=0.0)
+        fb, fb_d = _operand_tiles(fb_b, cols, col_in, ds, d_in, C, BLOCK_C, ONE_CHUNK)
         s = _scaled_similarity(fa, fb, fa_b, fb_b, rows, cols, row_in, col_in, C, inv_tau,
                                BLOCK_C, ONE_CHUNK, INPUT_PRECISION)
         pair = row_ok[:, None] & col_ok[None, :]
@@ -320,13 +329,7 @@ def _pdcr_bwd_cols_kernel(
         g = tl.load(g_ptr + b * N + rows, mask=row_in, other=0.0)
         scale = (g * (inv_tau / W))[None, :]
         n = tl.maximum(n, 1.0)[None, :]
-        if ONE_CHUNK:
-            fa = _load_features(fa_b, rows, row_in, C, BLOCK_C)
-            fa_d = fa
-        else:
-            fa = 0.0
-            fa_d = tl.load(fa_b + rows[:, None].to(tl.int64) * C + ds[None, :],
-                           mask=row_in[:, None] & d_in[None, :], other=0.0)
+        fa, fa_d = _operand_tiles(fa_b, rows, row_in, ds, d_in, C, BLOCK_C, ONE_CHUNK)
         s = _scaled_similarity(fb, fa, fb_b, fa_b, cols, rows, col_in, row_in, C, inv_tau,
                                BLOCK_C, ONE_CHUNK, INPUT_PRECISION)
         pair = col_ok[:, None] & row_ok[None, :]

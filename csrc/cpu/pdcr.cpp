@@ -80,10 +80,7 @@ struct Panel {
             int64_t W, int64_t K) {
     idx = std::move(items);
     n = static_cast<int64_t>(idx.size());
-    // An odd number of 64-byte lines per row: rows of the c-major panel that the micro-kernel reads
-    // one after another then fall into different L1 sets (N = 4096 would put all 64 on one set).
-    np = round_up(std::max<int64_t>(n, 1), kPad<T>);
-    if ((np / kLanes<T>) % 2 == 0) np += kLanes<T>;
+    np = odd_line_stride<T>(std::max<int64_t>(n, 1));
     ft.assign(C * np, T(0));
     f.assign(np * ldf, T(0));
     pt.assign(W * K * np, T(0));
@@ -447,20 +444,21 @@ AFFSEG_ALWAYS_INLINE void intra_grad_body(const IntraTask<T>& t, const Options& 
 }
 
 // The task entry points, one build per ISA (affseg/cpu_isa.h); the bodies above are forced inline
-// into each, so they are compiled for its target. FMA from AVX2 up, two zmm per micro-kernel row with AVX-512.
+// into each, so they are compiled for its target. FMA from AVX2 up, two zmm per micro-kernel row
+// with AVX-512.
 #define AFFSEG_PDCR_LOOPS                                                                        \
   struct Loops {                                                                                 \
     template <typename T, bool kFixedShift>                                                      \
     static void forward(const ForwardTask<T>& t, const Options& o, Scratch<T>& s) {              \
-      forward_body<T, kIsaLevel, kFixedShift>(t, o, s);                \
+      forward_body<T, kIsaLevel, kFixedShift>(t, o, s);                                          \
     }                                                                                            \
     template <typename T, bool kRowsOuter>                                                       \
     static void grad(const GradTask<T>& t, const Options& o, Scratch<T>& s) {                    \
-      grad_body<T, kIsaLevel, kRowsOuter>(t, o, s);                    \
+      grad_body<T, kIsaLevel, kRowsOuter>(t, o, s);                                              \
     }                                                                                            \
     template <typename T, bool kFixedShift>                                                      \
     static void intra_grad(const IntraTask<T>& t, const Options& o, Scratch<T>& s) {             \
-      intra_grad_body<T, kIsaLevel, kFixedShift>(t, o, s);             \
+      intra_grad_body<T, kIsaLevel, kFixedShift>(t, o, s);                                       \
     }                                                                                            \
   };
 AFFSEG_FOR_EACH_ISA(AFFSEG_PDCR_LOOPS)
@@ -741,10 +739,9 @@ void intra_backward_impl(const at::Tensor& grad_row, const at::Tensor& f, const 
 // ---------------------------------------------------------------------------------------------
 Options make_options(const at::Tensor& fa, const at::Tensor& pa, bool swapped, bool fg_l1, bool exclude_self) {
   const int64_t C = fa.size(2);
-  const int64_t lanes = fa.scalar_type() == at::kFloat ? kLanes<float> : kLanes<double>;
-  const int64_t cp = round_up(C, 2 * lanes);  // kPad
-  // Odd number of 64-byte lines per row, for the same reason as Panel::np.
-  const int64_t ldf = (cp / lanes) % 2 == 0 ? cp + lanes : cp;
+  const bool f32 = fa.scalar_type() == at::kFloat;
+  const int64_t cp = round_up(C, f32 ? kPad<float> : kPad<double>);
+  const int64_t ldf = f32 ? odd_line_stride<float>(C) : odd_line_stride<double>(C);
   return Options{C, cp, ldf, pa.size(1), pa.size(3), swapped, fg_l1, exclude_self};
 }
 

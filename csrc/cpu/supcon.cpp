@@ -46,9 +46,8 @@ using namespace cpu::tiles;
 constexpr int64_t kBlock = 32;  // rows per task (a multiple of kMicroRows)
 constexpr int64_t kTile = 256;  // columns per tile (a multiple of kPad): 32 × 256 logits stay in L2
 
-// Unit rows of one call, zero-padded: rows (B, Npad, Cpad) and transposed (B, Cpad, ldt) with
-// ldt ≥ Npad an odd number of 64-byte lines, so that the c-major rows the micro-kernel reads one
-// after another fall into different L1 sets (N = 8192 would put all of them on one).
+// Unit rows of one call, zero-padded: rows (B, Npad, Cpad) and transposed (B, Cpad, ldt), ldt ≥ Npad
+// the odd-line stride of cpu_tiles.h (N = 8192 would put every depth step on one L1 set).
 struct Padded {
   at::Tensor rows, transposed;
   int64_t npad, cpad, ldt;
@@ -60,7 +59,7 @@ Padded pad_features(const at::Tensor& f) {
   Padded p;
   p.npad = round_up(std::max<int64_t>(N, 1), kPad<T>);
   p.cpad = round_up(std::max<int64_t>(C, 1), kPad<T>);
-  p.ldt = (p.npad / kLanes<T>) % 2 == 0 ? p.npad + kLanes<T> : p.npad;
+  p.ldt = odd_line_stride<T>(p.npad);
   p.rows = at::zeros({B, p.npad, p.cpad}, f.options());
   p.rows.narrow(1, 0, N).narrow(2, 0, C).copy_(f);
   p.transposed = at::zeros({B, p.cpad, p.ldt}, f.options());

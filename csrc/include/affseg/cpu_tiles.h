@@ -39,6 +39,15 @@ constexpr int64_t kMicroRows = 4;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// A row stride for n items of T: n rounded up to kPad (an even number of 64-byte lines) plus one
+// line, so an odd number of lines: the rows a micro-kernel reads one after another (the depth
+// steps of a c-major panel) then fall into different L1 sets, where a power-of-two stride
+// (N = 4096, 8192) would put them all on one.
+template <typename T>
+int64_t odd_line_stride(int64_t n) {
+  return round_up(n, kPad<T>) + kLanes<T>;
+}
+
 // A builtin rather than std::fma: the <cmath> function is compiled without the includer's optimize
 // pragma, so GCC would not inline it into the loops.
 template <typename T, bool kFma>
