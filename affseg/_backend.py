@@ -37,15 +37,16 @@ _FLOAT32_DOTS = {"highest": "ieee", "high": "tf32", "medium": "bf16"}
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """The Triton dot precision for inputs of `dtype` (SPEC §8), read when the public op is called.
+    """The GPU dot precision for inputs of `dtype` (SPEC §8), read when the public op is called.
 
     float32 follows ``torch.get_float32_matmul_precision()``: "highest" -> "ieee" (fp32 FMA),
     "high" -> "tf32", "medium" -> "bf16". float64 -> "ieee". The kernels take float16/bfloat16
     upcast to float32 and dot them on tensor cores at their own precision: bfloat16 -> "bf16", and
     float16 -> "tf32", whose 10 mantissa bits hold an fp16 value exactly while its fp32 exponent
     keeps the backward's small G·f weights (≈ g·p/τ, with g and p ≈ 1/N under a mean: below fp16's
-    6e-5 normal range by N ≈ 1000) from flushing to zero as fp16 tiles would. The C++ backends
-    ignore it: IEEE arithmetic always. Under torch.compile the setting is read once, at trace time.
+    6e-5 normal range by N ≈ 1000) from flushing to zero as fp16 tiles would. Triton and the CUDA
+    C++ kernels (sm_80+, tensor-core tiles) follow it; the CPU kernels check it and compute IEEE.
+    Under torch.compile the setting is read once, at trace time.
     """
     if dtype == torch.float64:
         return "ieee"

@@ -114,6 +114,30 @@ def _timed(fn, grads, mode):
     return step
 
 
+def _bmm_targets(case, rows, log, device):
+    """The tensor-core targets of `case`: forward time against a torch.bmm of the same dot products in
+    the same dtype (the fraction of the bmm's rate the fused forward reaches), and fwd+bwd / fwd."""
+    import torch
+    import triton.testing
+
+    d = case.dims
+    f = torch.randn(d["B"], d["N"], d["C"], device=device, dtype=getattr(torch, case.dtype))
+    ft = f.transpose(1, 2).contiguous()
+    bmm_ms = float(triton.testing.do_bench(lambda: torch.bmm(f, ft), warmup=10, rep=40, return_mode="median"))
+    del f, ft
+    parts = [f"{case.op} {case.size} {case.dtype}: torch.bmm of the same dots {bmm_ms:.3f} ms"]
+    for backend in case.backends:
+        ms = {r.mode: r.median_ms for r in rows if r.case is case and r.backend == backend}
+        fwd, both = ms.get("fwd"), ms.get("fwd+bwd")
+        if fwd:
+            parts.append(f"{backend}: forward at {bmm_ms / fwd:.0%} of the bmm rate (target >= 30 %)"
+                         + (f", fwd+bwd {both / fwd:.2f}x the forward (target <= 3x)" if both else ""))
+        else:
+            parts.append(f"{backend}: not measured")
+    log("; ".join(parts))
+    return "; ".join(parts)
+
+
 def time_cases(report, log, budget_s, device="cuda"):
     import torch
     import triton.testing
@@ -123,7 +147,7 @@ def time_cases(report, log, budget_s, device="cuda"):
     for case in CASES:
         modes = ["fwd", "fwd+bwd"] if case.op in DIFFERENTIABLE else ["fwd"]
         for mode in modes:
-            for backend in ("reference", "triton", "cuda"):
+            for backend in case.backends:
                 row = Row(case, backend, mode)
                 if time.perf_counter() - start > budget_s:
                     skipped.append(f"{case.op} {case.size} {backend} {mode}")
@@ -141,6 +165,9 @@ def time_cases(report, log, budget_s, device="cuda"):
                     f"{row.median_ms if row.median_ms is not None else row.note}")
                 report.rows.append(row)
     fill_speedups(report.rows)
+    for case in CASES:
+        if case.bmm and time.perf_counter() - start <= budget_s:
+            report.notes.append(_bmm_targets(case, report.rows, log, device))
     if skipped:
         report.notes.append(f"time budget of {budget_s:.0f} s spent: not measured: " + "; ".join(skipped))
         return "partial", f"{len(skipped)} measurements skipped (budget)"

@@ -63,25 +63,30 @@ TORCH_LIBRARY(affseg, m) {
   // (row, window) log-sum-exp of the denominator (B,N,W), which backward recomputes from.
   m.def(
       "pdcr_fwd(Tensor fa, Tensor phia, Tensor fb, Tensor phib, Tensor valid_a, Tensor valid_b, "
-      "float inv_tau, bool swapped, bool fg_l1, bool exclude_self) -> (Tensor row_loss, Tensor row_lse)");
+      "float inv_tau, bool swapped, bool fg_l1, bool exclude_self, str input_precision=\"ieee\") "
+      "-> (Tensor row_loss, Tensor row_lse)");
   m.def(
       "pdcr_bwd(Tensor grad_row, Tensor fa, Tensor phia, Tensor fb, Tensor phib, Tensor valid_a, "
-      "Tensor valid_b, Tensor row_lse, float inv_tau, bool swapped, bool fg_l1, bool exclude_self) "
-      "-> (Tensor grad_fa, Tensor grad_fb)");
+      "Tensor valid_b, Tensor row_lse, float inv_tau, bool swapped, bool fg_l1, bool exclude_self, "
+      "str input_precision=\"ieee\") -> (Tensor grad_fa, Tensor grad_fb)");
   // Intra-layer pairs: f, phi, valid as both rows and columns (what pdcr_fwd computes when passed
   // the same tensors twice); the backward returns the one gradient of f in both roles, so the CPU
   // kernel sweeps the symmetric similarity matrix once.
   m.def(
       "pdcr_intra_fwd(Tensor f, Tensor phi, Tensor valid, float inv_tau, bool swapped, bool fg_l1, "
-      "bool exclude_self) -> (Tensor row_loss, Tensor row_lse)");
+      "bool exclude_self, str input_precision=\"ieee\") -> (Tensor row_loss, Tensor row_lse)");
   m.def(
       "pdcr_intra_bwd(Tensor grad_row, Tensor f, Tensor phi, Tensor valid, Tensor row_lse, float inv_tau, "
-      "bool swapped, bool fg_l1, bool exclude_self) -> Tensor grad_f");
+      "bool swapped, bool fg_l1, bool exclude_self, str input_precision=\"ieee\") -> Tensor grad_f");
 
   // SPEC §4 denominator: lse_i = LSE_{k != i, valid_k} (f_i . f_k) * inv_tau over unit rows f (B,N,C);
   // -inf where a row has no valid column. The soft-label positive term is bilinear and stays in torch.
-  m.def("cos_lse_fwd(Tensor f, Tensor valid, float inv_tau) -> Tensor");
-  m.def("cos_lse_bwd(Tensor grad_lse, Tensor f, Tensor valid, Tensor lse, float inv_tau) -> Tensor");
+  // input_precision (SPEC §8, here and in the pdcr ops): the CUDA kernels' dot products, "ieee" (FMA),
+  // "tf32" or "bf16" (tensor cores, float32 inputs); the CPU kernels check it and compute IEEE.
+  m.def("cos_lse_fwd(Tensor f, Tensor valid, float inv_tau, str input_precision=\"ieee\") -> Tensor");
+  m.def(
+      "cos_lse_bwd(Tensor grad_lse, Tensor f, Tensor valid, Tensor lse, float inv_tau, "
+      "str input_precision=\"ieee\") -> Tensor");
 
   // SPEC §5. logits (B,K,*S); class_mask int64 (B,*S) or None -> entropy, mean_conf, count (int64).
   m.def(

@@ -40,6 +40,61 @@ def test_nvcc_compiles_without_spills(path, arch, tmp_path):
     assert spills and max(spills) == 0, f"register spills in {path.name} for {arch}:\n{report}"
 
 
+# Kernel files whose float32 kernels have tensor-core instantiations (csrc/cuda/block_tiles.cuh), and
+# the mangled precision argument of those instantiations (DotPrecision 1 = tf32, 2 = bf16).
+TENSOR_CORE_FILES = {"pdcr_kernels.cu": ("pdcr_forward_kernel", "pdcr_backward_kernel"),
+                     "supcon_kernels.cu": ("cos_lse_fwd_kernel", "cos_lse_bwd_kernel")}
+MMA = {1: "wmma.mma.sync.aligned.row.{}.m16n16k8.f32.tf32.tf32.f32",
+       2: "wmma.mma.sync.aligned.row.{}.m16n16k16.f32.bf16.bf16.f32"}
+
+
+def _ptx_entries(path, arch, tmp_path):
+    """{entry name: body} of the PTX nvcc writes for `path`."""
+    out = tmp_path / "out.ptx"
+    cmd = [NVCC, f"-arch={arch}", "-O3", "-std=c++20", "-I", str(ROOT / "csrc" / "include"), "-ptx", str(path),
+           "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    entries, name = {}, None
+    for line in out.read_text().splitlines():
+        m = re.match(r"(?:\.visible\s+)?\.entry\s+(\S+)\(", line)
+        if m:
+            name = m.group(1)
+            entries[name] = []
+        elif name is not None:
+            entries[name].append(line)
+    return {k: "\n".join(v) for k, v in entries.items()}
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", sorted(TENSOR_CORE_FILES))
+def test_tensor_core_kernels_use_mma_and_ieee_kernels_do_not(name, arch, tmp_path):
+    """Each tf32/bf16 instantiation runs its dots (and the backward its G·f product) on tensor cores;
+    the IEEE ones (float32 "highest", float64) never touch them."""
+    entries = _ptx_entries(ROOT / "csrc" / "cuda" / name, arch, tmp_path)
+    for kernel in TENSOR_CORE_FILES[name]:
+        mine = {k: v for k, v in entries.items() if kernel in k}
+        assert mine, f"no {kernel} in the PTX of {name}"
+        backward = "bwd" in kernel or "backward" in kernel
+        for prec, mma in MMA.items():
+            tc = {k: v for k, v in mine.items() if re.search(rf"{kernel}If(?:Lb[01]E)?Li{prec}E", k)}
+            assert tc, f"no precision-{prec} instantiation of {kernel}"
+            for entry, body in tc.items():
+                assert mma.format("col") in body, f"{entry}: no tensor-core dot tile"
+                # pdcr_backward and cos_lse_bwd also run G·f (row-major B) on tensor cores
+                assert (mma.format("row") in body) == backward, f"{entry}: G·f product"
+        ieee = {k: v for k, v in mine.items() if re.search(rf"{kernel}I[fd](?:Lb[01]E)?Li0E", k)}
+        assert ieee and not any("wmma" in body for body in ieee.values())
+
+
+@pytest.mark.parametrize("name", sorted(TENSOR_CORE_FILES))
+def test_tensor_core_files_compile_below_sm80_without_tensor_cores(name, tmp_path):
+    """An arch list with sm_75 (TORCH_CUDA_ARCH_LIST="7.5;...") still builds: the tf32/bf16 bodies
+    compile to __trap() there (never launched: tiles::tensor_cores_fit) and the PTX has no wmma."""
+    entries = _ptx_entries(ROOT / "csrc" / "cuda" / name, "sm_75", tmp_path)
+    assert entries and not any("wmma" in body for body in entries.values())
+
+
 def test_every_kernel_file_has_torch_glue():
     glue = {p.name for p in GLUE_FILES}
     missing = [p.name for p in KERNEL_FILES if p.name.replace("_kernels.cu", ".cu") not in glue]

@@ -1,6 +1,9 @@
 """Dot precision of the Triton PDCR and cos_lse kernels (SPEC §8): which mode a call runs and
 what each mode's error against the float64 reference is, by ‖out − ref‖ / ‖ref‖ ≤ tol.
 
+The CUDA C++ kernels take the same modes (csrc/cuda/block_tiles.cuh: WMMA tf32/bf16 tiles on sm_80+),
+checked in the tests marked cuda; the CPU kernels check the option and compute IEEE.
+
 Modes (kernels/_launch.py): "ieee" (fp32 FMA: elementwise rtol 1e-4), "tf32" (2e-3) and "bf16"
 (1e-2), picked by affseg._backend.dot_precision from the inputs' dtype and
 torch.get_float32_matmul_precision(). The interpreter ignores tf32 and computes bfloat16 wrongly
@@ -120,10 +123,10 @@ def _reference64(family, inputs, opts, reduction="none"):
     return run(up, opts, "reference", reduction)
 
 
-def _check_against_float64(family, case, tol, dtype=torch.float32, device="cpu", reduction="none"):
+def _check_against_float64(family, case, tol, dtype=torch.float32, device="cpu", reduction="none", backend="triton"):
     make, run, _ = FAMILIES[family]
     inputs, opts = make(case, dtype, device)
-    out, grads = run(inputs, opts, "triton", reduction)
+    out, grads = run(inputs, opts, backend, reduction)
     ref, ref_grads = _reference64(family, inputs, opts, reduction)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     _assert_near(out, ref, tol[0])
@@ -298,6 +301,39 @@ def test_cuda_modes_match_float64_reference(matmul_precision, family, mode):
     for case in FAMILIES[family][2]:
         for reduction in ("none", "mean"):
             _check_against_float64(family, case, TOL[mode], device="cuda", reduction=reduction)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["ieee", "tf32", "bf16"])
+@pytest.mark.parametrize("family", ["pdcr", "supcon"])
+def test_cuda_cpp_modes_match_float64_reference(matmul_precision, family, mode):
+    """The CUDA C++ kernels: "tf32"/"bf16" run the tensor-core tiles (csrc/cuda/block_tiles.cuh) on
+    sm_80+ (IEEE below, which meets every tolerance); same tolerances as Triton's."""
+    matmul_precision(SETTING[mode])
+    for case in FAMILIES[family][2]:
+        for reduction in ("none", "mean"):
+            _check_against_float64(family, case, TOL[mode], device="cuda", reduction=reduction, backend="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["tf32", "bf16"])
+@pytest.mark.parametrize("family", ["pdcr", "supcon"])
+def test_cuda_cpp_tensor_core_modes_change_the_arithmetic(matmul_precision, family, mode):
+    """On sm_80+ the tensor-core paths really run: their results differ from IEEE's in the low bits
+    (and match the Triton kernels of the same mode within the mode's tolerance)."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("tensor-core tiles need sm_80+")
+    make, run, cases = FAMILIES[family]
+    inputs, opts = make(cases[0], torch.float32, "cuda")
+    matmul_precision("highest")
+    ieee, ieee_grads = run(inputs, opts, "cuda")
+    matmul_precision(SETTING[mode])
+    out, grads = run(inputs, opts, "cuda")
+    assert not torch.equal(out, ieee)
+    triton_out, triton_grads = run(inputs, opts, "triton")
+    _assert_near(out, triton_out, TOL[mode][0])
+    for g, t in zip(grads, triton_grads):
+        _assert_near(g, t, TOL[mode][1])
 
 
 @pytest.mark.cuda

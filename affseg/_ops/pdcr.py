@@ -104,9 +104,11 @@ def pdcr_rows(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self, 
 
     All floating inputs contiguous and of one dtype (float32 or float64); `va` (B, N) and `vb`
     (B, M) bool. Intra-layer pairs (`fb is fa`, `pb is pa`, `vb is va`) take the intra ops, whose
-    backward sweeps the symmetric similarity matrix once (CPU and Triton; CUDA sums two sweeps). Rows that are invalid or have no valid column give 0. ``input_precision`` is the
-    Triton dot precision for float32 (kernels/_launch.py INPUT_PRECISIONS, picked by
-    affseg._backend.dot_precision); the C++ kernels ignore it (IEEE arithmetic always).
+    backward sweeps the symmetric similarity matrix once (CPU and Triton; CUDA sums two sweeps). Rows
+    that are invalid or have no valid column give 0. ``input_precision`` is the dot precision
+    (kernels/_launch.py INPUT_PRECISIONS, picked by affseg._backend.dot_precision): Triton and CUDA
+    C++ run "tf32"/"bf16" on tensor cores (CUDA C++ on sm_80+ and float32; IEEE otherwise), the CPU
+    kernels check it and compute IEEE.
     """
     options = (float(inv_tau), bool(swapped), bool(fg_l1), bool(exclude_self))
     intra = fb is fa and pb is pa and vb is va
@@ -115,5 +117,5 @@ def pdcr_rows(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self, 
             return torch.ops.affseg.triton_pdcr_intra_fwd(fa, pa, va, *options, input_precision)[0]
         return torch.ops.affseg.triton_pdcr_fwd(fa, pa, fb, pb, va, vb, *options, input_precision)[0]
     if intra:
-        return torch.ops.affseg.pdcr_intra_fwd(fa, pa, va, *options)[0]
-    return torch.ops.affseg.pdcr_fwd(fa, pa, fb, pb, va, vb, *options)[0]
+        return torch.ops.affseg.pdcr_intra_fwd(fa, pa, va, *options, input_precision)[0]
+    return torch.ops.affseg.pdcr_fwd(fa, pa, fb, pb, va, vb, *options, input_precision)[0]

@@ -55,9 +55,10 @@ if _kernels is not None:
 def cos_lse(f, valid, *, inv_tau, backend, input_precision="ieee"):
     """lse (B, N) of SPEC §4's denominator on a concrete backend; differentiable w.r.t. the unit rows f.
 
-    ``input_precision`` is the Triton dot precision (kernels/_launch.py INPUT_PRECISIONS); the C++
-    kernels ignore it (IEEE arithmetic always).
+    ``input_precision`` is the dot precision (kernels/_launch.py INPUT_PRECISIONS, picked by
+    affseg._backend.dot_precision): Triton and CUDA C++ run "tf32"/"bf16" on tensor cores (CUDA C++ on
+    sm_80+ and float32; IEEE otherwise), the CPU kernels check it and compute IEEE.
     """
     if backend == "triton":
         return torch.ops.affseg.triton_cos_lse_fwd(f, valid, float(inv_tau), input_precision)
-    return torch.ops.affseg.cos_lse_fwd(f, valid, float(inv_tau))
+    return torch.ops.affseg.cos_lse_fwd(f, valid, float(inv_tau), input_precision)

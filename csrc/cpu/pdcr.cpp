@@ -748,8 +748,9 @@ Options make_options(const at::Tensor& fa, const at::Tensor& pa, bool swapped, b
 std::tuple<at::Tensor, at::Tensor> pdcr_fwd_cpu(const at::Tensor& fa, const at::Tensor& phia, const at::Tensor& fb,
                                                 const at::Tensor& phib, const at::Tensor& valid_a,
                                                 const at::Tensor& valid_b, double inv_tau, bool swapped, bool fg_l1,
-                                                bool exclude_self) {
+                                                bool exclude_self, c10::string_view input_precision) {
   check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCPU);
+  dot_precision_code(input_precision);  // checked; the CPU computes IEEE
   const Options o = make_options(fa, phia, swapped, fg_l1, exclude_self);
   const Dims d{fa.size(0), fa.size(1), fb.size(1)};
   at::Tensor loss = at::zeros({d.B, d.N}, fa.options());
@@ -766,8 +767,9 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cpu(const at::Tensor& grad_row, cons
                                                 const at::Tensor& phia, const at::Tensor& fb, const at::Tensor& phib,
                                                 const at::Tensor& valid_a, const at::Tensor& valid_b,
                                                 const at::Tensor& row_lse, double inv_tau, bool swapped, bool fg_l1,
-                                                bool exclude_self) {
+                                                bool exclude_self, c10::string_view input_precision) {
   check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCPU);
+  dot_precision_code(input_precision);
   const Options o = make_options(fa, phia, swapped, fg_l1, exclude_self);
   const Dims d{fa.size(0), fa.size(1), fb.size(1)};
   check_pdcr_bwd_inputs(grad_row, row_lse, fa, phia, at::kCPU);
@@ -786,14 +788,16 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cpu(const at::Tensor& grad_row, cons
 
 std::tuple<at::Tensor, at::Tensor> pdcr_intra_fwd_cpu(const at::Tensor& f, const at::Tensor& phi,
                                                       const at::Tensor& valid, double inv_tau, bool swapped,
-                                                      bool fg_l1, bool exclude_self) {
-  return pdcr_fwd_cpu(f, phi, f, phi, valid, valid, inv_tau, swapped, fg_l1, exclude_self);
+                                                      bool fg_l1, bool exclude_self,
+                                                      c10::string_view input_precision) {
+  return pdcr_fwd_cpu(f, phi, f, phi, valid, valid, inv_tau, swapped, fg_l1, exclude_self, input_precision);
 }
 
 at::Tensor pdcr_intra_bwd_cpu(const at::Tensor& grad_row, const at::Tensor& f, const at::Tensor& phi,
                               const at::Tensor& valid, const at::Tensor& row_lse, double inv_tau, bool swapped,
-                              bool fg_l1, bool exclude_self) {
+                              bool fg_l1, bool exclude_self, c10::string_view input_precision) {
   check_pdcr_inputs(f, phi, f, phi, valid, valid, at::kCPU);
+  dot_precision_code(input_precision);
   check_pdcr_bwd_inputs(grad_row, row_lse, f, phi, at::kCPU);
   const Options o = make_options(f, phi, swapped, fg_l1, exclude_self);
   const Dims d{f.size(0), f.size(1), f.size(1)};

@@ -296,8 +296,10 @@ void cos_lse_backward(const at::Tensor& f, const at::Tensor& valid, const T* gra
   AFFSEG_DISPATCH_ISA(isa::Loops::backward<T>(a, coef.data(), scaled.data(), lse, grad_f));
 }
 
-at::Tensor cos_lse_fwd_cpu(const at::Tensor& f_in, const at::Tensor& valid_in, double inv_tau) {
+at::Tensor cos_lse_fwd_cpu(const at::Tensor& f_in, const at::Tensor& valid_in, double inv_tau,
+                           c10::string_view input_precision) {
   check_cos_lse_inputs(f_in, valid_in, at::kCPU);
+  dot_precision_code(input_precision);  // checked; the CPU computes IEEE
   const at::Tensor f = f_in.contiguous();
   const at::Tensor valid = valid_in.contiguous();
   const int64_t B = f.size(0), N = f.size(1);
@@ -309,8 +311,9 @@ at::Tensor cos_lse_fwd_cpu(const at::Tensor& f_in, const at::Tensor& valid_in, d
 }
 
 at::Tensor cos_lse_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& f_in, const at::Tensor& valid_in,
-                           const at::Tensor& lse_in, double inv_tau) {
+                           const at::Tensor& lse_in, double inv_tau, c10::string_view input_precision) {
   check_cos_lse_bwd_inputs(grad_in, f_in, valid_in, lse_in, at::kCPU);
+  dot_precision_code(input_precision);
   const at::Tensor f = f_in.contiguous();
   const at::Tensor valid = valid_in.contiguous();
   const at::Tensor grad = grad_in.contiguous();

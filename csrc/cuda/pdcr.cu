@@ -34,8 +34,9 @@ void check_cuda_limits(const at::Tensor& fa, const at::Tensor& phia) {
 std::tuple<at::Tensor, at::Tensor> pdcr_fwd_cuda(const at::Tensor& fa, const at::Tensor& phia, const at::Tensor& fb,
                                                  const at::Tensor& phib, const at::Tensor& valid_a,
                                                  const at::Tensor& valid_b, double inv_tau, bool swapped, bool fg_l1,
-                                                 bool exclude_self) {
+                                                 bool exclude_self, c10::string_view input_precision) {
   check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCUDA);
+  const auto prec = static_cast<cuda::DotPrecision>(dot_precision_code(input_precision));
   check_cuda_limits(fa, phia);
   const c10::cuda::CUDAGuard guard(fa.device());
   at::Tensor loss = at::zeros({fa.size(0), fa.size(1)}, fa.options());
@@ -46,11 +47,11 @@ std::tuple<at::Tensor, at::Tensor> pdcr_fwd_cuda(const at::Tensor& fa, const at:
   if (fa.scalar_type() == at::kFloat) {
     err = cuda::launch_pdcr_forward(make_args<float>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped, fg_l1,
                                                      exclude_self),
-                                    loss.data_ptr<float>(), lse.data_ptr<float>(), stream);
+                                    prec, loss.data_ptr<float>(), lse.data_ptr<float>(), stream);
   } else {
     err = cuda::launch_pdcr_forward(make_args<double>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped, fg_l1,
                                                       exclude_self),
-                                    loss.data_ptr<double>(), lse.data_ptr<double>(), stream);
+                                    prec, loss.data_ptr<double>(), lse.data_ptr<double>(), stream);
   }
   TORCH_CHECK(err == cudaSuccess, "pdcr_fwd CUDA launch failed: ", cudaGetErrorString(err));
   return {loss, lse};
@@ -60,8 +61,9 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cuda(const at::Tensor& grad_row, con
                                                  const at::Tensor& phia, const at::Tensor& fb, const at::Tensor& phib,
                                                  const at::Tensor& valid_a, const at::Tensor& valid_b,
                                                  const at::Tensor& row_lse, double inv_tau, bool swapped, bool fg_l1,
-                                                 bool exclude_self) {
+                                                 bool exclude_self, c10::string_view input_precision) {
   check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCUDA);
+  const auto prec = static_cast<cuda::DotPrecision>(dot_precision_code(input_precision));
   check_cuda_limits(fa, phia);
   check_pdcr_bwd_inputs(grad_row, row_lse, fa, phia, at::kCUDA);
   const c10::cuda::CUDAGuard guard(fa.device());
@@ -74,12 +76,12 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cuda(const at::Tensor& grad_row, con
   if (fa.scalar_type() == at::kFloat) {
     err = cuda::launch_pdcr_backward(make_args<float>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped, fg_l1,
                                                       exclude_self),
-                                     g.data_ptr<float>(), lse.data_ptr<float>(), grad_fa.data_ptr<float>(),
+                                     prec, g.data_ptr<float>(), lse.data_ptr<float>(), grad_fa.data_ptr<float>(),
                                      grad_fb.data_ptr<float>(), stream);
   } else {
     err = cuda::launch_pdcr_backward(make_args<double>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped,
                                                        fg_l1, exclude_self),
-                                     g.data_ptr<double>(), lse.data_ptr<double>(), grad_fa.data_ptr<double>(),
+                                     prec, g.data_ptr<double>(), lse.data_ptr<double>(), grad_fa.data_ptr<double>(),
                                      grad_fb.data_ptr<double>(), stream);
   }
   TORCH_CHECK(err == cudaSuccess, "pdcr_bwd CUDA launch failed: ", cudaGetErrorString(err));
@@ -90,14 +92,16 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cuda(const at::Tensor& grad_row, con
 // no one-sweep kernel (the CPU one, csrc/cpu/pdcr.cpp); its two sweeps' gradients are summed here.
 std::tuple<at::Tensor, at::Tensor> pdcr_intra_fwd_cuda(const at::Tensor& f, const at::Tensor& phi,
                                                        const at::Tensor& valid, double inv_tau, bool swapped,
-                                                       bool fg_l1, bool exclude_self) {
-  return pdcr_fwd_cuda(f, phi, f, phi, valid, valid, inv_tau, swapped, fg_l1, exclude_self);
+                                                       bool fg_l1, bool exclude_self,
+                                                       c10::string_view input_precision) {
+  return pdcr_fwd_cuda(f, phi, f, phi, valid, valid, inv_tau, swapped, fg_l1, exclude_self, input_precision);
 }
 
 at::Tensor pdcr_intra_bwd_cuda(const at::Tensor& grad_row, const at::Tensor& f, const at::Tensor& phi,
                                const at::Tensor& valid, const at::Tensor& row_lse, double inv_tau, bool swapped,
-                               bool fg_l1, bool exclude_self) {
-  auto grads = pdcr_bwd_cuda(grad_row, f, phi, f, phi, valid, valid, row_lse, inv_tau, swapped, fg_l1, exclude_self);
+                               bool fg_l1, bool exclude_self, c10::string_view input_precision) {
+  auto grads = pdcr_bwd_cuda(grad_row, f, phi, f, phi, valid, valid, row_lse, inv_tau, swapped, fg_l1, exclude_self,
+                             input_precision);
   return std::get<0>(grads).add_(std::get<1>(grads));
 }
 

@@ -6,20 +6,25 @@
 // is (1/W) Σ_w (lse_iw − pos_iw/n_i); backward recomputes every pair from lse:
 // G_ij = g_i·inv_tau/W·Σ_w (exp(ŝ_ij·w⁻ − lse_iw)·w⁻ − w⁺/n_i), grad_fa = G·fb, grad_fb = Gᵀ·fa.
 //
-// Layout: one thread block of 128 threads per (batch, tile of 32 outer items); thread t owns outer
-// item t/4 and every 4th inner item of each 32-wide inner tile (8 dot products in registers). The
-// tiles of both sides are staged through shared memory in channel chunks; the epilogue forms the W
-// windows' weights from the ratios (read through L1) for the one dot tile. Forward keeps an online
+// Layout: one thread block of 128 threads per (batch, tile of 32 outer items) sweeping 32-wide inner
+// tiles through the pair tile of block_tiles.cuh: thread t owns outer item t/4 and inner items
+// t%4 + 4q (8 dot products in registers). The dots run on scalar FMAs (float64, float32 "highest")
+// or on tensor cores (float32 with "tf32"/"bf16" dots on sm_80+: WMMA, fp32 accumulation; launchers
+// fall back to IEEE where the device or its shared memory cannot take them). The epilogue forms the
+// W windows' weights from the ratios (read through L1) for the one dot tile. Forward keeps an online
 // (max, sum, pos) per thread and window in shared memory and merges the 4 lanes of a row at the end.
 // Backward: the rows kernel (outer = rows) and the columns kernel (outer = columns, inner = rows,
-// reading the rows' lse) write G to shared memory and add G·(inner features) into the outer items'
-// gradient rows, which only this block owns: deterministic, no atomics.
-// Memory: no N×M buffer; static shared memory 64·(CHUNK+1)·T + 32·33·T (backward) or 3·128·8·T (forward).
-// Work per call (P = N·M pairs, e = element size): forward 2·P·C FLOPs on scalar FMAs + the epilogue,
+// reading the rows' lse) put G into the tile and add G·(inner features) into the outer items'
+// gradient rows, which only this block owns: deterministic, no atomics (IEEE: into the global rows
+// per tile; tensor cores: into an fp32 accumulator in shared memory, written once).
+// Memory: no N×M buffer; shared memory: the tile (block_tiles.cuh) + 3·128·8·T forward state; the
+// tensor-core backward adds 32·(C + 36)·4 B of accumulator.
+// Work per call (P = N·M pairs, e = element size): forward 2·P·C dot FLOPs + the epilogue,
 // W·(3K + 20) per pair, and P·W exps; backward 8·P·C FLOPs (each kernel recomputes the dots and does
-// one G·f product), 2 epilogues and 2·P·W exps. Compulsory bytes: B·(N + M)·(C + W·K)·e read and
-// B·N·(1 + W)·e written forward; backward also reads B·N·(1 + W)·e and writes B·(N + M)·C·e. The
-// intra-layer ops run these kernels with the same tensor as rows and columns and sum the gradients.
+// one G·f product, both on tensor cores in the tf32/bf16 modes), 2 epilogues and 2·P·W exps.
+// Compulsory bytes: B·(N + M)·(C + W·K)·e read and B·N·(1 + W)·e written forward; backward also
+// reads B·N·(1 + W)·e and writes B·(N + M)·C·e. The intra-layer ops run these kernels with the same
+// tensor as rows and columns and sum the gradients.
 // Limits: W ≤ kPdcrMaxWindows = 8 (shared memory of the forward state), B ≤ 65535 (grid y), valid
 // columns per batch < 2^31 (int counter); float32/float64; int64 indexing otherwise.
 #include <cuda_runtime.h>
@@ -27,23 +32,21 @@
 #include <cstdint>
 
 #include "affseg/pdcr_math.h"
+#include "block_tiles.cuh"
 #include "pdcr_kernels.h"
 
 namespace affseg {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kOuter = 32;                        // outer items per block
-constexpr int kLanesPerItem = kThreads / kOuter;  // 4 threads share an outer item
-constexpr int kInner = 32;                        // inner items per tile
-constexpr int kPerThread = kInner / kLanesPerItem;
+using tiles::BlockTile;
+using tiles::inner_pos;
+using tiles::kInner;
+using tiles::kLanesPerItem;
+using tiles::kOuter;
+using tiles::kPerThread;
+using tiles::kThreads;
 constexpr int kMaxWindows = static_cast<int>(kPdcrMaxWindows);
-
-template <typename T>
-struct Chunk {
-  static constexpr int value = sizeof(T) == 4 ? 32 : 16;
-};
 
 template <typename T>
 __device__ __forceinline__ T neg_inf() {
@@ -59,39 +62,6 @@ __device__ int64_t count_valid(const bool* vb, int64_t M, int* shared_count) {
   atomicAdd(shared_count, local);  // integer: order-independent
   __syncthreads();
   return *shared_count;
-}
-
-// acc[q] = feat_outer(item) · feat_inner(inner0 + lane + 4q) over all C channels, through shared
-// memory tiles of Chunk channels.
-template <typename T>
-__device__ void tile_dots(const T* outer_feat, int64_t outer0, int64_t n_outer, const T* inner_feat, int64_t inner0,
-                          int64_t n_inner, int64_t C, T (&acc)[kPerThread]) {
-  constexpr int CH = Chunk<T>::value;
-  __shared__ T s_outer[kOuter][CH + 1];
-  __shared__ T s_inner[kInner][CH + 1];
-  const int item = threadIdx.x / kLanesPerItem, lane = threadIdx.x % kLanesPerItem;
-#pragma unroll
-  for (int q = 0; q < kPerThread; ++q) acc[q] = T(0);
-  for (int64_t c0 = 0; c0 < C; c0 += CH) {
-    for (int e = threadIdx.x; e < kOuter * CH; e += kThreads) {
-      const int r = e / CH, c = e % CH;
-      const bool in = outer0 + r < n_outer && c0 + c < C;
-      s_outer[r][c] = in ? outer_feat[(outer0 + r) * C + c0 + c] : T(0);
-    }
-    for (int e = threadIdx.x; e < kInner * CH; e += kThreads) {
-      const int r = e / CH, c = e % CH;
-      const bool in = inner0 + r < n_inner && c0 + c < C;
-      s_inner[r][c] = in ? inner_feat[(inner0 + r) * C + c0 + c] : T(0);
-    }
-    __syncthreads();
-#pragma unroll 4
-    for (int c = 0; c < CH; ++c) {
-      const T a = s_outer[item][c];
-#pragma unroll
-      for (int q = 0; q < kPerThread; ++q) acc[q] += a * s_inner[lane + kLanesPerItem * q][c];
-    }
-    __syncthreads();
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,15 +81,16 @@ __device__ __forceinline__ bool pair_terms(const PdcrArgs<T>& a, const pdcr::Wei
   return true;
 }
 
-template <typename T>
+template <typename T, int kPrec>
 __global__ void __launch_bounds__(kThreads, 1) pdcr_forward_kernel(PdcrArgs<T> a, T* loss, T* lse) {
+  __shared__ BlockTile<T, kPrec> tile;
   __shared__ T s_max[kMaxWindows][kThreads];
   __shared__ T s_sum[kMaxWindows][kThreads];
   __shared__ T s_pos[kMaxWindows][kThreads];
   __shared__ int s_count;
   const int64_t b = blockIdx.y;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kOuter;
-  const int item = threadIdx.x / kLanesPerItem, lane = threadIdx.x % kLanesPerItem;
+  const int item = tiles::item(), lane = tiles::lane();
   const int64_t i = row0 + item;
   const T* fa = a.fa + b * a.N * a.C;
   const T* fb = a.fb + b * a.M * a.C;
@@ -137,7 +108,7 @@ __global__ void __launch_bounds__(kThreads, 1) pdcr_forward_kernel(PdcrArgs<T> a
   }
   for (int64_t j0 = 0; j0 < a.M; j0 += kInner) {
     T acc[kPerThread];
-    tile_dots(fa, row0, a.N, fb, j0, a.M, a.C, acc);
+    tile.dots(fa, row0, a.N, fb, j0, a.M, a.C, acc);
     if (!row_ok || n_i <= 0) continue;  // after the block-wide tile load: no early exit before a barrier
 #pragma unroll
     for (int q = 0; q < kPerThread; ++q) acc[q] = pdcr::scaled_logit(acc[q], a.inv_tau);
@@ -149,7 +120,7 @@ __global__ void __launch_bounds__(kThreads, 1) pdcr_forward_kernel(PdcrArgs<T> a
 #pragma unroll
       for (int q = 0; q < kPerThread; ++q) {
         T neg, p;
-        if (pair_terms(a, weights, vb, phi_i, pb + w * a.M * a.K, i, j0 + lane + kLanesPerItem * q, acc[q], neg, p)) {
+        if (pair_terms(a, weights, vb, phi_i, pb + w * a.M * a.K, i, j0 + inner_pos(q), acc[q], neg, p)) {
           pos += p;
           tile_max = simd::nan_max(tile_max, neg);
         }
@@ -161,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, 1) pdcr_forward_kernel(PdcrArgs<T> a
 #pragma unroll
         for (int q = 0; q < kPerThread; ++q) {
           T neg, p;
-          if (pair_terms(a, weights, vb, phi_i, pb + w * a.M * a.K, i, j0 + lane + kLanesPerItem * q, acc[q], neg, p))
+          if (pair_terms(a, weights, vb, phi_i, pb + w * a.M * a.K, i, j0 + inner_pos(q), acc[q], neg, p))
             sum += simd::exp(neg - new_max);
         }
         s_sum[w][threadIdx.x] = sum;
@@ -200,16 +171,15 @@ __global__ void __launch_bounds__(kThreads, 1) pdcr_forward_kernel(PdcrArgs<T> a
 // Backward: kRowsOuter → grad_fa (outer rows, inner columns); otherwise grad_fb (outer columns,
 // inner rows).
 // ---------------------------------------------------------------------------------------------
-template <typename T, bool kRowsOuter>
+template <typename T, bool kRowsOuter, int kPrec>
 __global__ void __launch_bounds__(kThreads, 1)
     pdcr_backward_kernel(PdcrArgs<T> a, const T* grad_row, const T* lse, T* grad) {
-  __shared__ T s_g[kOuter][kInner + 1];
+  __shared__ BlockTile<T, kPrec> tile;
   __shared__ int s_count;
   const int64_t b = blockIdx.y;
   const int64_t n_outer = kRowsOuter ? a.N : a.M, n_inner = kRowsOuter ? a.M : a.N;
   const int64_t outer0 = static_cast<int64_t>(blockIdx.x) * kOuter;
-  const int item = threadIdx.x / kLanesPerItem, lane = threadIdx.x % kLanesPerItem;
-  const int64_t o = outer0 + item;
+  const int64_t o = outer0 + tiles::item();
   const T* fa = a.fa + b * a.N * a.C;
   const T* fb = a.fb + b * a.M * a.C;
   const T* pa = a.pa + b * a.W * a.N * a.K;
@@ -225,12 +195,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool outer_ok = o < n_outer && (kRowsOuter ? va[o] : vb[o]);
   const pdcr::WeightMap<T> weights = pdcr::weight_map<T>(a.swapped);
   const T scale = a.inv_tau / static_cast<T>(a.W);
+  tile.begin_grad(a.C);
   for (int64_t j0 = 0; j0 < n_inner; j0 += kInner) {
     T acc[kPerThread];
-    tile_dots(outer_feat, outer0, n_outer, inner_feat, j0, n_inner, a.C, acc);
+    tile.dots(outer_feat, outer0, n_outer, inner_feat, j0, n_inner, a.C, acc);
 #pragma unroll
     for (int q = 0; q < kPerThread; ++q) {
-      const int64_t p = j0 + lane + kLanesPerItem * q;
+      const int64_t p = j0 + inner_pos(q);
       const int64_t i = kRowsOuter ? o : p, j = kRowsOuter ? p : o;
       T G = T(0);
       const bool pair_ok = outer_ok && p < n_inner && (kRowsOuter ? vb[p] : va[p]) && !(a.exclude_self && i == j);
@@ -252,60 +223,104 @@ __global__ void __launch_bounds__(kThreads, 1)
           G = g * scale * sum;
         }
       }
-      s_g[item][lane + kLanesPerItem * q] = G;
+      tile.put_grad(q, G);
     }
-    __syncthreads();
-    // grad[o][c] += Σ_p G[o][p]·inner[p][c]: the 4 lanes of an item split its channels.
-    if (o < n_outer) {
-      const int64_t tile = n_inner - j0 < kInner ? n_inner - j0 : kInner;
-      for (int64_t c = lane; c < a.C; c += kLanesPerItem) {
-        T sum = T(0);
-        for (int64_t p = 0; p < tile; ++p) sum += s_g[item][p] * inner_feat[(j0 + p) * a.C + c];
-        grad_b[o * a.C + c] += sum;
-      }
-    }
-    __syncthreads();
+    tile.accumulate(inner_feat, j0, n_inner, a.C, outer0, n_outer, grad_b);
+  }
+  tile.end_grad(outer0, n_outer, a.C, grad_b);
+}
+
+template <typename T, int kPrec>
+cudaError_t forward(const PdcrArgs<T>& args, T* loss, T* lse, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((args.N + kOuter - 1) / kOuter), static_cast<unsigned>(args.B));
+  pdcr_forward_kernel<T, kPrec><<<grid, kThreads, 0, stream>>>(args, loss, lse);
+  return cudaGetLastError();
+}
+
+// One backward sweep: kRowsOuter → grad_fa (outer rows, inner columns), else grad_fb.
+template <typename T, bool kRowsOuter, int kPrec>
+cudaError_t backward(const PdcrArgs<T>& args, const T* grad_row, const T* lse, T* grad, size_t dynamic_bytes,
+                     cudaStream_t stream) {
+  const int64_t n_outer = kRowsOuter ? args.N : args.M;
+  if (n_outer == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>((n_outer + kOuter - 1) / kOuter), static_cast<unsigned>(args.B));
+  pdcr_backward_kernel<T, kRowsOuter, kPrec><<<grid, kThreads, dynamic_bytes, stream>>>(args, grad_row, lse, grad);
+  return cudaGetLastError();
+}
+
+template <typename T, int kPrec>
+cudaError_t backward_both(const PdcrArgs<T>& args, const T* grad_row, const T* lse, T* grad_fa, T* grad_fb,
+                          size_t dynamic_bytes, cudaStream_t stream) {
+  cudaError_t err = backward<T, true, kPrec>(args, grad_row, lse, grad_fa, dynamic_bytes, stream);
+  if (err == cudaSuccess) err = backward<T, false, kPrec>(args, grad_row, lse, grad_fb, dynamic_bytes, stream);
+  return err;
+}
+
+// Whether the tensor-core kernels of `prec` run this call (float32, sm_80+, the accumulator fits): the
+// forward asks for the backward's too, so both run in one mode.
+template <int kPrec>
+bool use_tensor_cores(int64_t C) {
+  const size_t dynamic = tiles::accumulator_bytes(C);
+  return tiles::tensor_cores_fit(pdcr_backward_kernel<float, true, kPrec>, dynamic) &&
+         tiles::tensor_cores_fit(pdcr_backward_kernel<float, false, kPrec>, dynamic) &&
+         tiles::tensor_cores_fit(pdcr_forward_kernel<float, kPrec>, 0);
+}
+
+template <typename T>
+DotPrecision effective(DotPrecision prec, int64_t C) {
+  if constexpr (sizeof(T) != 4) {
+    return kDotIeee;
+  } else {
+    if (prec == kDotTf32 && use_tensor_cores<kDotTf32>(C)) return kDotTf32;
+    if (prec == kDotBf16 && use_tensor_cores<kDotBf16>(C)) return kDotBf16;
+    return kDotIeee;
   }
 }
 
 }  // namespace
 
 template <typename T>
-cudaError_t launch_pdcr_forward(const PdcrArgs<T>& args, T* loss, T* lse, cudaStream_t stream) {
+cudaError_t launch_pdcr_forward(const PdcrArgs<T>& args, DotPrecision prec, T* loss, T* lse, cudaStream_t stream) {
   if (args.W > kMaxWindows || args.B > kPdcrMaxBatch) return cudaErrorInvalidValue;
   if (args.B == 0 || args.N == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>((args.N + kOuter - 1) / kOuter), static_cast<unsigned>(args.B));
-  pdcr_forward_kernel<T><<<grid, kThreads, 0, stream>>>(args, loss, lse);
-  return cudaGetLastError();
+  if constexpr (sizeof(T) == 4) {
+    switch (effective<T>(prec, args.C)) {
+      case kDotTf32: return forward<T, kDotTf32>(args, loss, lse, stream);
+      case kDotBf16: return forward<T, kDotBf16>(args, loss, lse, stream);
+      default: break;
+    }
+  }
+  return forward<T, kDotIeee>(args, loss, lse, stream);
 }
 
 template <typename T>
-cudaError_t launch_pdcr_backward(const PdcrArgs<T>& args, const T* grad_row, const T* lse, T* grad_fa, T* grad_fb,
-                                 cudaStream_t stream) {
+cudaError_t launch_pdcr_backward(const PdcrArgs<T>& args, DotPrecision prec, const T* grad_row, const T* lse,
+                                 T* grad_fa, T* grad_fb, cudaStream_t stream) {
   if (args.W > kMaxWindows || args.B > kPdcrMaxBatch) return cudaErrorInvalidValue;
+  if (args.B == 0) return cudaSuccess;
+  if constexpr (sizeof(T) == 4) {
+    // The tensor-core kernels write every gradient element once (from their on-chip accumulators).
+    const size_t dynamic = tiles::accumulator_bytes(args.C);
+    switch (effective<T>(prec, args.C)) {
+      case kDotTf32: return backward_both<T, kDotTf32>(args, grad_row, lse, grad_fa, grad_fb, dynamic, stream);
+      case kDotBf16: return backward_both<T, kDotBf16>(args, grad_row, lse, grad_fa, grad_fb, dynamic, stream);
+      default: break;
+    }
+  }
+  // The IEEE kernels add each inner tile's product into their rows.
   cudaError_t err = cudaMemsetAsync(grad_fa, 0, sizeof(T) * args.B * args.N * args.C, stream);
   if (err == cudaSuccess) err = cudaMemsetAsync(grad_fb, 0, sizeof(T) * args.B * args.M * args.C, stream);
-  if (err != cudaSuccess || args.B == 0) return err;
-  if (args.N > 0) {
-    const dim3 grid(static_cast<unsigned>((args.N + kOuter - 1) / kOuter), static_cast<unsigned>(args.B));
-    pdcr_backward_kernel<T, true><<<grid, kThreads, 0, stream>>>(args, grad_row, lse, grad_fa);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  if (args.M > 0) {
-    const dim3 grid(static_cast<unsigned>((args.M + kOuter - 1) / kOuter), static_cast<unsigned>(args.B));
-    pdcr_backward_kernel<T, false><<<grid, kThreads, 0, stream>>>(args, grad_row, lse, grad_fb);
-    err = cudaGetLastError();
-  }
-  return err;
+  if (err != cudaSuccess) return err;
+  return backward_both<T, kDotIeee>(args, grad_row, lse, grad_fa, grad_fb, 0, stream);
 }
 
-template cudaError_t launch_pdcr_forward<float>(const PdcrArgs<float>&, float*, float*, cudaStream_t);
-template cudaError_t launch_pdcr_forward<double>(const PdcrArgs<double>&, double*, double*, cudaStream_t);
-template cudaError_t launch_pdcr_backward<float>(const PdcrArgs<float>&, const float*, const float*, float*, float*,
+template cudaError_t launch_pdcr_forward<float>(const PdcrArgs<float>&, DotPrecision, float*, float*, cudaStream_t);
+template cudaError_t launch_pdcr_forward<double>(const PdcrArgs<double>&, DotPrecision, double*, double*,
                                                  cudaStream_t);
-template cudaError_t launch_pdcr_backward<double>(const PdcrArgs<double>&, const double*, const double*, double*,
-                                                  double*, cudaStream_t);
+template cudaError_t launch_pdcr_backward<float>(const PdcrArgs<float>&, DotPrecision, const float*, const float*,
+                                                 float*, float*, cudaStream_t);
+template cudaError_t launch_pdcr_backward<double>(const PdcrArgs<double>&, DotPrecision, const double*,
+                                                  const double*, double*, double*, cudaStream_t);
 
 }  // namespace cuda
 }  // namespace affseg

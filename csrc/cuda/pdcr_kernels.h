@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "dot_precision.h"
+
 namespace affseg {
 namespace cuda {
 
@@ -30,12 +32,12 @@ struct PdcrArgs {
 
 // loss (B,N): per-row loss, 0 where a row is invalid or has no valid column; lse (B,N,W): −inf there.
 template <typename T>
-cudaError_t launch_pdcr_forward(const PdcrArgs<T>& args, T* loss, T* lse, cudaStream_t stream);
+cudaError_t launch_pdcr_forward(const PdcrArgs<T>& args, DotPrecision prec, T* loss, T* lse, cudaStream_t stream);
 
 // grad_fa (B,N,C) and grad_fb (B,M,C), zeroed here, from grad_row (B,N) and the forward's lse.
 template <typename T>
-cudaError_t launch_pdcr_backward(const PdcrArgs<T>& args, const T* grad_row, const T* lse, T* grad_fa, T* grad_fb,
-                                 cudaStream_t stream);
+cudaError_t launch_pdcr_backward(const PdcrArgs<T>& args, DotPrecision prec, const T* grad_row, const T* lse,
+                                 T* grad_fa, T* grad_fb, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace affseg

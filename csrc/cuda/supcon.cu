@@ -13,8 +13,10 @@
 namespace affseg {
 namespace {
 
-at::Tensor cos_lse_fwd_cuda(const at::Tensor& f_in, const at::Tensor& valid_in, double inv_tau) {
+at::Tensor cos_lse_fwd_cuda(const at::Tensor& f_in, const at::Tensor& valid_in, double inv_tau,
+                            c10::string_view input_precision) {
   check_cos_lse_inputs(f_in, valid_in, at::kCUDA);
+  const auto prec = static_cast<cuda::DotPrecision>(dot_precision_code(input_precision));
   TORCH_CHECK(f_in.size(0) <= cuda::kCosLseMaxBatch, "the CUDA cos_lse kernels take at most ", cuda::kCosLseMaxBatch,
               " batch items, got ", f_in.size(0));
   const c10::cuda::CUDAGuard guard(f_in.device());
@@ -24,7 +26,7 @@ at::Tensor cos_lse_fwd_cuda(const at::Tensor& f_in, const at::Tensor& valid_in, 
   if (lse.numel() == 0) return lse;
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "cos_lse_fwd_cuda", [&] {
     cuda::cos_lse_fwd_launch<scalar_t>(f.data_ptr<scalar_t>(), valid.data_ptr<bool>(), f.size(0), f.size(1),
-                                       f.size(2), static_cast<scalar_t>(inv_tau), lse.data_ptr<scalar_t>(),
+                                       f.size(2), static_cast<scalar_t>(inv_tau), prec, lse.data_ptr<scalar_t>(),
                                        c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -32,8 +34,9 @@ at::Tensor cos_lse_fwd_cuda(const at::Tensor& f_in, const at::Tensor& valid_in, 
 }
 
 at::Tensor cos_lse_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& f_in, const at::Tensor& valid_in,
-                            const at::Tensor& lse_in, double inv_tau) {
+                            const at::Tensor& lse_in, double inv_tau, c10::string_view input_precision) {
   check_cos_lse_bwd_inputs(grad_in, f_in, valid_in, lse_in, at::kCUDA);
+  const auto prec = static_cast<cuda::DotPrecision>(dot_precision_code(input_precision));
   TORCH_CHECK(f_in.size(0) <= cuda::kCosLseMaxBatch, "the CUDA cos_lse kernels take at most ", cuda::kCosLseMaxBatch,
               " batch items, got ", f_in.size(0));
   const c10::cuda::CUDAGuard guard(f_in.device());
@@ -46,7 +49,7 @@ at::Tensor cos_lse_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& f_in, c
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "cos_lse_bwd_cuda", [&] {
     cuda::cos_lse_bwd_launch<scalar_t>(grad.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(), valid.data_ptr<bool>(),
                                        lse.data_ptr<scalar_t>(), f.size(0), f.size(1), f.size(2),
-                                       static_cast<scalar_t>(inv_tau), grad_f.data_ptr<scalar_t>(),
+                                       static_cast<scalar_t>(inv_tau), prec, grad_f.data_ptr<scalar_t>(),
                                        c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

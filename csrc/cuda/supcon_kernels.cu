@@ -1,182 +1,188 @@
 // CUDA kernels for the soft SupCon denominator (SPEC §4), per-element math in affseg/supcon_math.h.
 //
-// One thread per row i, kThreads rows per block. Columns are swept in tiles of TN; channels in chunks
-// of CC: the block stages the (TN × CC) column chunk in shared memory (all threads read the same
-// address, a broadcast), each thread keeps its CC row values and TN partial dots in registers.
-// Forward: online LSE over each tile's TN logits. Backward: the pair weights of the tile, then
-// grad f_i += Σ_k w_ik f_k chunk by chunk into the thread's own output row (read-modify-write of its
-// own row only: deterministic, no atomics). Logits are recomputed, never stored.
-// Work per call (e = element size): forward 2·B·N²·C FLOPs (scalar FMAs) and B·N² exps; backward
-// 4·B·N²·C FLOPs (dots and the Σ w f product) and 2·B·N² exps. Compulsory bytes: B·N·(C·e + 1 + e)
-// forward, B·N·(2·C·e + 1 + 2·e) backward; the column tiles are re-read from L2 by every row block.
-// Limits: float32/float64 unit rows; B ≤ kCosLseMaxBatch = 65535 (grid y), N < 2^31·128 rows; int64
-// indexing otherwise.
+// Layout: one block of 128 threads per (batch, 32 rows), sweeping 32-column tiles through the pair
+// tile of block_tiles.cuh (thread t owns row t/4 and the tile's columns t%4 + 4q, 8 pairs), whose dot
+// products run on scalar FMAs (float64, float32 "highest") or on tensor cores (float32 with tf32 or
+// bf16 operands, sm_80+; DotPrecision). Forward: an online (max, sum) per thread, merged over the 4
+// threads of a row by warp shuffles. Backward: w_ik of supcon_math.h per pair (row and transposed
+// terms, so one sweep per row), G = inv_tau·w into the tile, G·f into the block's own gradient rows:
+// deterministic, no atomics. Logits are recomputed, never stored.
+// Work per call (e = element size): forward 2·B·N²·C FLOPs and B·N² exps; backward 4·B·N²·C FLOPs
+// (dots and the G·f product) and 2·B·N² exps. Compulsory bytes: B·N·(C·e + 1 + e) forward,
+// B·N·(2·C·e + 1 + 2·e) backward; the column tiles are re-read from L2 by every row block.
+// Limits: float32/float64 unit rows; B ≤ kCosLseMaxBatch = 65535 (grid y), N/32 < 2^31 row blocks;
+// int64 indexing otherwise. Tensor cores: see block_tiles.cuh (sm_80+, C up to about 1100 on sm_80).
 #include "supcon_kernels.h"
 
 #include <cmath>
 
 #include "affseg/supcon_math.h"
+#include "block_tiles.cuh"
 
 namespace affseg {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 128;
+using tiles::BlockTile;
+using tiles::inner_pos;
+using tiles::kInner;
+using tiles::kOuter;
+using tiles::kPerThread;
+using tiles::kThreads;
 
-template <typename T>
-struct Tile;
-template <>
-struct Tile<float> {
-  static constexpr int TN = 32, CC = 16;
-};
-template <>
-struct Tile<double> {
-  static constexpr int TN = 16, CC = 16;
-};
-
-// dots[t] = f_i · f_{k0 + t} for the tile's TN columns (0 past N); every thread of the block calls it.
-template <typename T>
-__device__ void tile_dots(const T* __restrict__ fb, int64_t i, bool row_live, int64_t k0, int64_t N, int64_t C,
-                          T (*stage)[Tile<T>::CC], T* dots) {
-  constexpr int TN = Tile<T>::TN, CC = Tile<T>::CC;
-#pragma unroll
-  for (int t = 0; t < TN; ++t) dots[t] = T(0);
-  for (int64_t c0 = 0; c0 < C; c0 += CC) {
-    __syncthreads();
-    for (int e = threadIdx.x; e < TN * CC; e += blockDim.x) {
-      const int t = e / CC, c = e % CC;
-      const int64_t k = k0 + t, ch = c0 + c;
-      stage[t][c] = (k < N && ch < C) ? fb[k * C + ch] : T(0);
-    }
-    __syncthreads();
-    T row[CC];
-#pragma unroll
-    for (int c = 0; c < CC; ++c) row[c] = (row_live && c0 + c < C) ? fb[i * C + c0 + c] : T(0);
-#pragma unroll
-    for (int t = 0; t < TN; ++t) {
-      T acc = dots[t];
-#pragma unroll
-      for (int c = 0; c < CC; ++c) acc += row[c] * stage[t][c];
-      dots[t] = acc;
-    }
-  }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads) cos_lse_fwd_kernel(const T* __restrict__ f, const bool* __restrict__ valid,
-                                                               int64_t N, int64_t C, T inv_tau, T* __restrict__ lse) {
-  constexpr int TN = Tile<T>::TN;
-  __shared__ T stage[TN][Tile<T>::CC];
+template <typename T, int kPrec>
+__global__ void __launch_bounds__(kThreads, 1)
+    cos_lse_fwd_kernel(const T* __restrict__ f, const bool* __restrict__ valid, int64_t N, int64_t C, T inv_tau,
+                       T* __restrict__ lse) {
+  __shared__ BlockTile<T, kPrec> tile;
   const int64_t b = blockIdx.y;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  const bool row_live = i < N;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kOuter;
+  const int64_t i = row0 + tiles::item();
   const T* fb = f + b * N * C;
   const bool* vb = valid + b * N;
-  const T neg_inf = -INFINITY;
+  const T neg_inf = supcon::neg_inf<T>();
   T m = neg_inf, s = T(0);
   bool nan = false;
-  for (int64_t k0 = 0; k0 < N; k0 += TN) {
-    T dots[TN];
-    tile_dots<T>(fb, i, row_live, k0, N, C, stage, dots);
+  for (int64_t k0 = 0; k0 < N; k0 += kInner) {
+    T x[kPerThread];
+    tile.dots(fb, row0, N, fb, k0, N, C, x);
     T tile_max = neg_inf;
 #pragma unroll
-    for (int t = 0; t < TN; ++t) {
-      const int64_t k = k0 + t;
-      dots[t] = (k < N && k != i && vb[k]) ? dots[t] * inv_tau : neg_inf;
-      nan = nan || dots[t] != dots[t];
-      tile_max = simd::nan_max(tile_max, dots[t]);
+    for (int q = 0; q < kPerThread; ++q) {
+      const int64_t k = k0 + inner_pos(q);
+      x[q] = (i < N && k < N && k != i && vb[k]) ? x[q] * inv_tau : neg_inf;
+      nan = nan || x[q] != x[q];
+      tile_max = simd::nan_max(tile_max, x[q]);
     }
-    if (tile_max == neg_inf) continue;
+    if (tile_max == neg_inf) continue;  // the next tile's barriers are still reached by every thread
     const T new_max = simd::nan_max(m, tile_max);
     T sum = T(0);
 #pragma unroll
-    for (int t = 0; t < TN; ++t) sum += simd::exp(dots[t] - new_max);
+    for (int q = 0; q < kPerThread; ++q) sum += simd::exp(x[q] - new_max);
     s = s * supcon::rescale(m, new_max) + sum;
     m = new_max;
   }
-  if (row_live) lse[b * N + i] = nan ? T(NAN) : supcon::lse_finish(m, s);
+  // The 4 threads of a row are adjacent lanes of one warp.
+  for (int offset = 1; offset < tiles::kLanesPerItem; offset <<= 1) {
+    const T other_m = __shfl_xor_sync(0xffffffffu, m, offset);
+    const T other_s = __shfl_xor_sync(0xffffffffu, s, offset);
+    nan = __shfl_xor_sync(0xffffffffu, static_cast<int>(nan), offset) != 0 || nan;
+    const T new_max = simd::nan_max(m, other_m);
+    s = s * supcon::rescale(m, new_max) + other_s * supcon::rescale(other_m, new_max);
+    m = new_max;
+  }
+  if (tiles::lane() == 0 && i < N) lse[b * N + i] = nan ? T(NAN) : supcon::lse_finish(m, s);
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
+template <typename T, int kPrec>
+__global__ void __launch_bounds__(kThreads, 1)
     cos_lse_bwd_kernel(const T* __restrict__ grad, const T* __restrict__ f, const bool* __restrict__ valid,
                        const T* __restrict__ lse, int64_t N, int64_t C, T inv_tau, T* __restrict__ grad_f) {
-  constexpr int TN = Tile<T>::TN, CC = Tile<T>::CC;
-  __shared__ T stage[TN][CC];
+  __shared__ BlockTile<T, kPrec> tile;
   const int64_t b = blockIdx.y;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kOuter;
+  const int64_t i = row0 + tiles::item();
   const bool row_live = i < N;
   const T* fb = f + b * N * C;
   const bool* vb = valid + b * N;
   const T* gb = grad + b * N;
   const T* lb = lse + b * N;
-  T* out = grad_f + (b * N + i) * C;
+  T* grad_b = grad_f + b * N * C;
   const T a_i = row_live ? supcon::row_coefficient(gb[i], lb[i]) : T(0);
   const T l_i = row_live ? lb[i] : T(0);
   const bool v_i = row_live && vb[i];
-  if (row_live) {
-    for (int64_t c = 0; c < C; ++c) out[c] = T(0);
-  }
-  for (int64_t k0 = 0; k0 < N; k0 += TN) {
-    T w[TN];
-    tile_dots<T>(fb, i, row_live, k0, N, C, stage, w);
+  tile.begin_grad(C);
+  for (int64_t k0 = 0; k0 < N; k0 += kInner) {
+    T x[kPerThread];
+    tile.dots(fb, row0, N, fb, k0, N, C, x);
 #pragma unroll
-    for (int t = 0; t < TN; ++t) {
-      const int64_t k = k0 + t;
-      const bool col = k < N && k != i;
+    for (int q = 0; q < kPerThread; ++q) {
+      const int64_t k = k0 + inner_pos(q);
+      const bool col = row_live && k < N && k != i;
       const T a_k = col ? supcon::row_coefficient(gb[k], lb[k]) : T(0);
-      w[t] = col ? supcon::pair_weight(w[t] * inv_tau, a_i, l_i, vb[k], a_k, a_k != T(0) ? lb[k] : T(0), v_i) : T(0);
+      const T w =
+          col ? supcon::pair_weight(x[q] * inv_tau, a_i, l_i, vb[k], a_k, a_k != T(0) ? lb[k] : T(0), v_i) : T(0);
+      tile.put_grad(q, w * inv_tau);
     }
-    for (int64_t c0 = 0; c0 < C; c0 += CC) {
-      __syncthreads();
-      for (int e = threadIdx.x; e < TN * CC; e += blockDim.x) {
-        const int t = e / CC, c = e % CC;
-        const int64_t k = k0 + t, ch = c0 + c;
-        stage[t][c] = (k < N && ch < C) ? fb[k * C + ch] : T(0);
-      }
-      __syncthreads();
-      if (!row_live) continue;
-#pragma unroll 4
-      for (int c = 0; c < CC; ++c) {
-        if (c0 + c >= C) break;
-        T acc = T(0);
-#pragma unroll
-        for (int t = 0; t < TN; ++t) acc += w[t] * stage[t][c];
-        out[c0 + c] += acc;
-      }
-    }
+    tile.accumulate(fb, k0, N, C, row0, N, grad_b);
   }
-  if (row_live) {
-    for (int64_t c = 0; c < C; ++c) out[c] *= inv_tau;
+  tile.end_grad(row0, N, C, grad_b);
+}
+
+template <typename T, int kPrec>
+void forward(const T* f, const bool* valid, int64_t B, int64_t N, int64_t C, T inv_tau, T* lse, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((N + kOuter - 1) / kOuter), static_cast<unsigned>(B));
+  cos_lse_fwd_kernel<T, kPrec><<<grid, kThreads, 0, stream>>>(f, valid, N, C, inv_tau, lse);
+}
+
+template <typename T, int kPrec>
+void backward(const T* grad_lse, const T* f, const bool* valid, const T* lse, int64_t B, int64_t N, int64_t C,
+              T inv_tau, T* grad_f, size_t dynamic_bytes, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((N + kOuter - 1) / kOuter), static_cast<unsigned>(B));
+  cos_lse_bwd_kernel<T, kPrec><<<grid, kThreads, dynamic_bytes, stream>>>(grad_lse, f, valid, lse, N, C, inv_tau,
+                                                                          grad_f);
+}
+
+// The precision this call runs: tensor cores for float32 on sm_80+ when the backward's accumulator
+// fits (asked by the forward too, so both run in one mode), IEEE otherwise.
+template <typename T>
+DotPrecision effective(DotPrecision prec, int64_t C) {
+  if constexpr (sizeof(T) != 4) {
+    return kDotIeee;
+  } else {
+    const size_t dynamic = tiles::accumulator_bytes(C);
+    if (prec == kDotTf32 && tiles::tensor_cores_fit(cos_lse_bwd_kernel<float, kDotTf32>, dynamic) &&
+        tiles::tensor_cores_fit(cos_lse_fwd_kernel<float, kDotTf32>, 0))
+      return kDotTf32;
+    if (prec == kDotBf16 && tiles::tensor_cores_fit(cos_lse_bwd_kernel<float, kDotBf16>, dynamic) &&
+        tiles::tensor_cores_fit(cos_lse_fwd_kernel<float, kDotBf16>, 0))
+      return kDotBf16;
+    return kDotIeee;
   }
 }
 
 }  // namespace
 
 template <typename T>
-void cos_lse_fwd_launch(const T* f, const bool* valid, int64_t B, int64_t N, int64_t C, T inv_tau, T* lse,
-                        cudaStream_t stream) {
+void cos_lse_fwd_launch(const T* f, const bool* valid, int64_t B, int64_t N, int64_t C, T inv_tau, DotPrecision prec,
+                        T* lse, cudaStream_t stream) {
   if (B == 0 || N == 0) return;
-  const dim3 grid(static_cast<unsigned>((N + kThreads - 1) / kThreads), static_cast<unsigned>(B));
-  cos_lse_fwd_kernel<T><<<grid, kThreads, 0, stream>>>(f, valid, N, C, inv_tau, lse);
+  if constexpr (sizeof(T) == 4) {
+    switch (effective<T>(prec, C)) {
+      case kDotTf32: return forward<T, kDotTf32>(f, valid, B, N, C, inv_tau, lse, stream);
+      case kDotBf16: return forward<T, kDotBf16>(f, valid, B, N, C, inv_tau, lse, stream);
+      default: break;
+    }
+  }
+  forward<T, kDotIeee>(f, valid, B, N, C, inv_tau, lse, stream);
 }
 
 template <typename T>
 void cos_lse_bwd_launch(const T* grad_lse, const T* f, const bool* valid, const T* lse, int64_t B, int64_t N,
-                        int64_t C, T inv_tau, T* grad_f, cudaStream_t stream) {
+                        int64_t C, T inv_tau, DotPrecision prec, T* grad_f, cudaStream_t stream) {
   if (B == 0 || N == 0) return;
-  const dim3 grid(static_cast<unsigned>((N + kThreads - 1) / kThreads), static_cast<unsigned>(B));
-  cos_lse_bwd_kernel<T><<<grid, kThreads, 0, stream>>>(grad_lse, f, valid, lse, N, C, inv_tau, grad_f);
+  if constexpr (sizeof(T) == 4) {
+    // The tensor-core kernels write every gradient element once (from their on-chip accumulators).
+    const size_t dynamic = tiles::accumulator_bytes(C);
+    switch (effective<T>(prec, C)) {
+      case kDotTf32: return backward<T, kDotTf32>(grad_lse, f, valid, lse, B, N, C, inv_tau, grad_f, dynamic, stream);
+      case kDotBf16: return backward<T, kDotBf16>(grad_lse, f, valid, lse, B, N, C, inv_tau, grad_f, dynamic, stream);
+      default: break;
+    }
+  }
+  // The IEEE kernel adds each column tile's product into its rows.
+  if (cudaMemsetAsync(grad_f, 0, sizeof(T) * B * N * C, stream) != cudaSuccess) return;
+  backward<T, kDotIeee>(grad_lse, f, valid, lse, B, N, C, inv_tau, grad_f, 0, stream);
 }
 
-template void cos_lse_fwd_launch<float>(const float*, const bool*, int64_t, int64_t, int64_t, float, float*,
-                                        cudaStream_t);
-template void cos_lse_fwd_launch<double>(const double*, const bool*, int64_t, int64_t, int64_t, double, double*,
-                                         cudaStream_t);
+template void cos_lse_fwd_launch<float>(const float*, const bool*, int64_t, int64_t, int64_t, float, DotPrecision,
+                                        float*, cudaStream_t);
+template void cos_lse_fwd_launch<double>(const double*, const bool*, int64_t, int64_t, int64_t, double, DotPrecision,
+                                         double*, cudaStream_t);
 template void cos_lse_bwd_launch<float>(const float*, const float*, const bool*, const float*, int64_t, int64_t,
-                                        int64_t, float, float*, cudaStream_t);
+                                        int64_t, float, DotPrecision, float*, cudaStream_t);
 template void cos_lse_bwd_launch<double>(const double*, const double*, const bool*, const double*, int64_t, int64_t,
-                                         int64_t, double, double*, cudaStream_t);
+                                         int64_t, double, DotPrecision, double*, cudaStream_t);
 
 }  // namespace cuda
 }  // namespace affseg

@@ -8,6 +8,15 @@
 
 namespace affseg {
 
+// The similarity ops' `input_precision` option (SPEC §8) as csrc/cuda/dot_precision.h codes: "ieee" 0,
+// "tf32" 1, "bf16" 2. The CPU kernels check it and compute in IEEE arithmetic whatever it says.
+inline int dot_precision_code(c10::string_view precision) {
+  if (precision == "ieee") return 0;
+  if (precision == "tf32") return 1;
+  if (precision == "bf16") return 2;
+  TORCH_CHECK(false, "input_precision must be 'ieee', 'tf32' or 'bf16', got '", std::string(precision), "'");
+}
+
 inline void check_same_device(at::DeviceType device, std::initializer_list<const at::Tensor*> tensors,
                               const char* op) {
   const at::Tensor& first = **tensors.begin();
