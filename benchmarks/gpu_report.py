@@ -76,7 +76,7 @@ def case_work(case: Case, mode: str, dtype=None):
         b = fn(*args, backward=True)
         return f[0] + b[0], f[1] + b[1]
 
-    if case.op == "pdcr_loss_from_ratios":  # intra-layer: the Triton backward is the one-kernel intra sweep
+    if case.op == "pdcr_loss_from_ratios":  # intra-layer: both GPU backends run the one-sweep intra backward
         return both(lambda *a, backward: pdcr.work(*a, backward=backward, intra=True),
                     d["B"], d["N"], d["N"], d["C"], d["W"], d["K"], dtype)
     if case.op == "soft_supcon_loss":

@@ -77,13 +77,14 @@ def test_tensor_core_kernels_use_mma_and_ieee_kernels_do_not(name, arch, tmp_pat
         assert mine, f"no {kernel} in the PTX of {name}"
         backward = "bwd" in kernel or "backward" in kernel
         for prec, mma in MMA.items():
-            tc = {k: v for k, v in mine.items() if re.search(rf"{kernel}If(?:Lb[01]E)?Li{prec}E", k)}
-            assert tc, f"no precision-{prec} instantiation of {kernel}"
+            tc = {k: v for k, v in mine.items() if re.search(rf"{kernel}If(?:Li[0-2]E)?Li{prec}EE", k)}
+            # pdcr_backward_kernel: the rows, columns and intra-layer sweeps
+            assert len(tc) == (3 if kernel == "pdcr_backward_kernel" else 1), sorted(tc)
             for entry, body in tc.items():
                 assert mma.format("col") in body, f"{entry}: no tensor-core dot tile"
                 # pdcr_backward and cos_lse_bwd also run G·f (row-major B) on tensor cores
                 assert (mma.format("row") in body) == backward, f"{entry}: G·f product"
-        ieee = {k: v for k, v in mine.items() if re.search(rf"{kernel}I[fd](?:Lb[01]E)?Li0E", k)}
+        ieee = {k: v for k, v in mine.items() if re.search(rf"{kernel}I[fd](?:Li[0-2]E)?Li0EE", k)}
         assert ieee and not any("wmma" in body for body in ieee.values())
 
 

@@ -104,7 +104,7 @@ def pdcr_rows(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self, 
 
     All floating inputs contiguous and of one dtype (float32 or float64); `va` (B, N) and `vb`
     (B, M) bool. Intra-layer pairs (`fb is fa`, `pb is pa`, `vb is va`) take the intra ops, whose
-    backward sweeps the symmetric similarity matrix once (CPU and Triton; CUDA sums two sweeps). Rows
+    backward sweeps the symmetric similarity matrix once (on every backend). Rows
     that are invalid or have no valid column give 0. ``input_precision`` is the dot precision
     (kernels/_launch.py INPUT_PRECISIONS, picked by affseg._backend.dot_precision): Triton and CUDA
     C++ run "tf32"/"bf16" on tensor cores (CUDA C++ on sm_80+ and float32; IEEE otherwise), the CPU

@@ -57,11 +57,13 @@ std::tuple<at::Tensor, at::Tensor> pdcr_fwd_cuda(const at::Tensor& fa, const at:
   return {loss, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cuda(const at::Tensor& grad_row, const at::Tensor& fa,
+// Both backward ops: the two sweeps of pdcr_bwd (grad_fa, grad_fb), or with `intra` (fa is fb, ...)
+// the one sweep of pdcr_intra_bwd, whose gradient of f in both roles is returned as grad_fa.
+std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_row, const at::Tensor& fa,
                                                  const at::Tensor& phia, const at::Tensor& fb, const at::Tensor& phib,
                                                  const at::Tensor& valid_a, const at::Tensor& valid_b,
                                                  const at::Tensor& row_lse, double inv_tau, bool swapped, bool fg_l1,
-                                                 bool exclude_self, c10::string_view input_precision) {
+                                                 bool exclude_self, c10::string_view input_precision, bool intra) {
   check_pdcr_inputs(fa, phia, fb, phib, valid_a, valid_b, at::kCUDA);
   const auto prec = static_cast<cuda::DotPrecision>(dot_precision_code(input_precision));
   check_cuda_limits(fa, phia);
@@ -70,26 +72,32 @@ std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cuda(const at::Tensor& grad_row, con
   const at::Tensor g = grad_row.contiguous();
   const at::Tensor lse = row_lse.contiguous();
   at::Tensor grad_fa = at::empty_like(fa);
-  at::Tensor grad_fb = at::empty_like(fb);
+  at::Tensor grad_fb = intra ? at::Tensor() : at::empty_like(fb);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  cudaError_t err;
-  if (fa.scalar_type() == at::kFloat) {
-    err = cuda::launch_pdcr_backward(make_args<float>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped, fg_l1,
-                                                      exclude_self),
-                                     prec, g.data_ptr<float>(), lse.data_ptr<float>(), grad_fa.data_ptr<float>(),
-                                     grad_fb.data_ptr<float>(), stream);
-  } else {
-    err = cuda::launch_pdcr_backward(make_args<double>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped,
-                                                       fg_l1, exclude_self),
-                                     prec, g.data_ptr<double>(), lse.data_ptr<double>(), grad_fa.data_ptr<double>(),
-                                     grad_fb.data_ptr<double>(), stream);
-  }
+  cudaError_t err = cudaSuccess;
+  AT_DISPATCH_FLOATING_TYPES(fa.scalar_type(), "pdcr_bwd_cuda", [&] {
+    const auto args = make_args<scalar_t>(fa, phia, fb, phib, valid_a, valid_b, inv_tau, swapped, fg_l1, exclude_self);
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* lp = lse.data_ptr<scalar_t>();
+    err = intra ? cuda::launch_pdcr_intra_backward(args, prec, gp, lp, grad_fa.data_ptr<scalar_t>(), stream)
+                : cuda::launch_pdcr_backward(args, prec, gp, lp, grad_fa.data_ptr<scalar_t>(),
+                                             grad_fb.data_ptr<scalar_t>(), stream);
+  });
   TORCH_CHECK(err == cudaSuccess, "pdcr_bwd CUDA launch failed: ", cudaGetErrorString(err));
   return {grad_fa, grad_fb};
 }
 
-// Intra-layer ops: the same kernels with one feature set as rows and columns. The CUDA backward has
-// no one-sweep kernel (the CPU one, csrc/cpu/pdcr.cpp); its two sweeps' gradients are summed here.
+std::tuple<at::Tensor, at::Tensor> pdcr_bwd_cuda(const at::Tensor& grad_row, const at::Tensor& fa,
+                                                 const at::Tensor& phia, const at::Tensor& fb, const at::Tensor& phib,
+                                                 const at::Tensor& valid_a, const at::Tensor& valid_b,
+                                                 const at::Tensor& row_lse, double inv_tau, bool swapped, bool fg_l1,
+                                                 bool exclude_self, c10::string_view input_precision) {
+  return backward_cuda(grad_row, fa, phia, fb, phib, valid_a, valid_b, row_lse, inv_tau, swapped, fg_l1, exclude_self,
+                       input_precision, false);
+}
+
+// Intra-layer ops: one feature set as rows and columns; the backward is one sweep
+// (csrc/cuda/pdcr_kernels.cu launch_pdcr_intra_backward).
 std::tuple<at::Tensor, at::Tensor> pdcr_intra_fwd_cuda(const at::Tensor& f, const at::Tensor& phi,
                                                        const at::Tensor& valid, double inv_tau, bool swapped,
                                                        bool fg_l1, bool exclude_self,
@@ -100,9 +108,8 @@ std::tuple<at::Tensor, at::Tensor> pdcr_intra_fwd_cuda(const at::Tensor& f, cons
 at::Tensor pdcr_intra_bwd_cuda(const at::Tensor& grad_row, const at::Tensor& f, const at::Tensor& phi,
                                const at::Tensor& valid, const at::Tensor& row_lse, double inv_tau, bool swapped,
                                bool fg_l1, bool exclude_self, c10::string_view input_precision) {
-  auto grads = pdcr_bwd_cuda(grad_row, f, phi, f, phi, valid, valid, row_lse, inv_tau, swapped, fg_l1, exclude_self,
-                             input_precision);
-  return std::get<0>(grads).add_(std::get<1>(grads));
+  return std::get<0>(backward_cuda(grad_row, f, phi, f, phi, valid, valid, row_lse, inv_tau, swapped, fg_l1,
+                                   exclude_self, input_precision, true));
 }
 
 }  // namespace

@@ -24,7 +24,8 @@
 // one G·f product, both on tensor cores in the tf32/bf16 modes), 2 epilogues and 2·P·W exps.
 // Compulsory bytes: B·(N + M)·(C + W·K)·e read and B·N·(1 + W)·e written forward; backward also
 // reads B·N·(1 + W)·e and writes B·(N + M)·C·e. The intra-layer ops run these kernels with the same
-// tensor as rows and columns and sum the gradients.
+// tensor as rows and columns; their backward is the rows sweep alone, each pair adding its column's own
+// row term as well (ŝ and d are symmetric): 4·P·C FLOPs, P·W·2 exps, one epilogue per pair.
 // Limits: W ≤ kPdcrMaxWindows = 8 (shared memory of the forward state), B ≤ 65535 (grid y), valid
 // columns per batch < 2^31 (int counter); float32/float64; int64 indexing otherwise.
 #include <cuda_runtime.h>
@@ -168,12 +169,38 @@ __global__ void __launch_bounds__(kThreads, 1) pdcr_forward_kernel(PdcrArgs<T> a
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward: kRowsOuter → grad_fa (outer rows, inner columns); otherwise grad_fb (outer columns,
-// inner rows).
+// Backward. kRows → grad_fa (outer rows, inner columns); kCols → grad_fb (outer columns, inner
+// rows); kIntra (one feature set as rows and columns) → the one gradient of f in both roles: ŝ and d
+// are symmetric, so each pair of the rows sweep also adds the column's own row term,
+// G_ij + G_ji, and the columns sweep is not needed.
 // ---------------------------------------------------------------------------------------------
-template <typename T, bool kRowsOuter, int kPrec>
+enum Sweep { kRows, kCols, kIntra };
+
+// G_ij of the header for row i and column j from the logit s, 0 when row i carries no gradient.
+template <typename T>
+__device__ T pair_gradient(const PdcrArgs<T>& a, const pdcr::WeightMap<T>& weights, const T* pa, const T* pb,
+                           const bool* vb, const T* g_rows, const T* lse_b, int64_t valid_cols, int64_t i, int64_t j,
+                           T s) {
+  const int64_t n_i = valid_cols - ((a.exclude_self && i < a.M && vb[i]) ? 1 : 0);
+  const T g = g_rows[i];
+  if (n_i <= 0 || g == T(0)) return T(0);
+  const T inv_n = T(1) / static_cast<T>(n_i);
+  T sum = T(0);
+  for (int64_t w = 0; w < a.W; ++w) {
+    const T d = pdcr::window_divergence(pa + (w * a.N + i) * a.K, pb + (w * a.M + j) * a.K, 1, static_cast<int>(a.K),
+                                        a.fg_l1);
+    T w_pos, w_neg;
+    pdcr::pair_weights(d, weights, w_pos, w_neg);
+    const T prob = simd::exp(s * w_neg - lse_b[i * a.W + w]);
+    sum += pdcr::pair_grad_term(prob, w_pos, w_neg, inv_n);
+  }
+  return g * (a.inv_tau / static_cast<T>(a.W)) * sum;
+}
+
+template <typename T, int kSweep, int kPrec>
 __global__ void __launch_bounds__(kThreads, 1)
     pdcr_backward_kernel(PdcrArgs<T> a, const T* grad_row, const T* lse, T* grad) {
+  constexpr bool kRowsOuter = kSweep != kCols;
   __shared__ BlockTile<T, kPrec> tile;
   __shared__ int s_count;
   const int64_t b = blockIdx.y;
@@ -194,7 +221,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t valid_cols = count_valid(vb, a.M, &s_count);
   const bool outer_ok = o < n_outer && (kRowsOuter ? va[o] : vb[o]);
   const pdcr::WeightMap<T> weights = pdcr::weight_map<T>(a.swapped);
-  const T scale = a.inv_tau / static_cast<T>(a.W);
   tile.begin_grad(a.C);
   for (int64_t j0 = 0; j0 < n_inner; j0 += kInner) {
     T acc[kPerThread];
@@ -204,24 +230,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int64_t p = j0 + inner_pos(q);
       const int64_t i = kRowsOuter ? o : p, j = kRowsOuter ? p : o;
       T G = T(0);
+      // Intra-layer, va and vb are one mask, so this also admits the pair in its column's role.
       const bool pair_ok = outer_ok && p < n_inner && (kRowsOuter ? vb[p] : va[p]) && !(a.exclude_self && i == j);
       if (pair_ok) {
-        const int64_t n_i = valid_cols - ((a.exclude_self && i < a.M && vb[i]) ? 1 : 0);
-        const T g = g_rows[i];
-        if (n_i > 0 && g != T(0)) {
-          const T s = pdcr::scaled_logit(acc[q], a.inv_tau);
-          const T inv_n = T(1) / static_cast<T>(n_i);
-          T sum = T(0);
-          for (int64_t w = 0; w < a.W; ++w) {
-            const T d = pdcr::window_divergence(pa + (w * a.N + i) * a.K, pb + (w * a.M + j) * a.K, 1,
-                                                static_cast<int>(a.K), a.fg_l1);
-            T w_pos, w_neg;
-            pdcr::pair_weights(d, weights, w_pos, w_neg);
-            const T prob = simd::exp(s * w_neg - lse_b[i * a.W + w]);
-            sum += pdcr::pair_grad_term(prob, w_pos, w_neg, inv_n);
-          }
-          G = g * scale * sum;
-        }
+        const T s = pdcr::scaled_logit(acc[q], a.inv_tau);
+        G = pair_gradient(a, weights, pa, pb, vb, g_rows, lse_b, valid_cols, i, j, s);
+        if constexpr (kSweep == kIntra) G += pair_gradient(a, weights, pa, pb, vb, g_rows, lse_b, valid_cols, j, i, s);
       }
       tile.put_grad(q, G);
     }
@@ -237,22 +251,24 @@ cudaError_t forward(const PdcrArgs<T>& args, T* loss, T* lse, cudaStream_t strea
   return cudaGetLastError();
 }
 
-// One backward sweep: kRowsOuter → grad_fa (outer rows, inner columns), else grad_fb.
-template <typename T, bool kRowsOuter, int kPrec>
+// One backward sweep into grad ((B, N, C) for kRows and kIntra, (B, M, C) for kCols).
+template <typename T, int kSweep, int kPrec>
 cudaError_t backward(const PdcrArgs<T>& args, const T* grad_row, const T* lse, T* grad, size_t dynamic_bytes,
                      cudaStream_t stream) {
-  const int64_t n_outer = kRowsOuter ? args.N : args.M;
+  const int64_t n_outer = kSweep == kCols ? args.M : args.N;
   if (n_outer == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((n_outer + kOuter - 1) / kOuter), static_cast<unsigned>(args.B));
-  pdcr_backward_kernel<T, kRowsOuter, kPrec><<<grid, kThreads, dynamic_bytes, stream>>>(args, grad_row, lse, grad);
+  pdcr_backward_kernel<T, kSweep, kPrec><<<grid, kThreads, dynamic_bytes, stream>>>(args, grad_row, lse, grad);
   return cudaGetLastError();
 }
 
+// The backward of one call: both sweeps (grad_fa, grad_fb), or the intra-layer one (grad_fa only).
 template <typename T, int kPrec>
-cudaError_t backward_both(const PdcrArgs<T>& args, const T* grad_row, const T* lse, T* grad_fa, T* grad_fb,
-                          size_t dynamic_bytes, cudaStream_t stream) {
-  cudaError_t err = backward<T, true, kPrec>(args, grad_row, lse, grad_fa, dynamic_bytes, stream);
-  if (err == cudaSuccess) err = backward<T, false, kPrec>(args, grad_row, lse, grad_fb, dynamic_bytes, stream);
+cudaError_t backward_sweeps(const PdcrArgs<T>& args, bool intra, const T* grad_row, const T* lse, T* grad_fa,
+                            T* grad_fb, size_t dynamic_bytes, cudaStream_t stream) {
+  if (intra) return backward<T, kIntra, kPrec>(args, grad_row, lse, grad_fa, dynamic_bytes, stream);
+  cudaError_t err = backward<T, kRows, kPrec>(args, grad_row, lse, grad_fa, dynamic_bytes, stream);
+  if (err == cudaSuccess) err = backward<T, kCols, kPrec>(args, grad_row, lse, grad_fb, dynamic_bytes, stream);
   return err;
 }
 
@@ -261,8 +277,9 @@ cudaError_t backward_both(const PdcrArgs<T>& args, const T* grad_row, const T* l
 template <int kPrec>
 bool use_tensor_cores(int64_t C) {
   const size_t dynamic = tiles::accumulator_bytes(C);
-  return tiles::tensor_cores_fit(pdcr_backward_kernel<float, true, kPrec>, dynamic) &&
-         tiles::tensor_cores_fit(pdcr_backward_kernel<float, false, kPrec>, dynamic) &&
+  return tiles::tensor_cores_fit(pdcr_backward_kernel<float, kRows, kPrec>, dynamic) &&
+         tiles::tensor_cores_fit(pdcr_backward_kernel<float, kCols, kPrec>, dynamic) &&
+         tiles::tensor_cores_fit(pdcr_backward_kernel<float, kIntra, kPrec>, dynamic) &&
          tiles::tensor_cores_fit(pdcr_forward_kernel<float, kPrec>, 0);
 }
 
@@ -293,25 +310,44 @@ cudaError_t launch_pdcr_forward(const PdcrArgs<T>& args, DotPrecision prec, T* l
   return forward<T, kDotIeee>(args, loss, lse, stream);
 }
 
+namespace {
+
 template <typename T>
-cudaError_t launch_pdcr_backward(const PdcrArgs<T>& args, DotPrecision prec, const T* grad_row, const T* lse,
-                                 T* grad_fa, T* grad_fb, cudaStream_t stream) {
+cudaError_t backward_launch(const PdcrArgs<T>& args, DotPrecision prec, bool intra, const T* grad_row, const T* lse,
+                            T* grad_fa, T* grad_fb, cudaStream_t stream) {
   if (args.W > kMaxWindows || args.B > kPdcrMaxBatch) return cudaErrorInvalidValue;
   if (args.B == 0) return cudaSuccess;
   if constexpr (sizeof(T) == 4) {
     // The tensor-core kernels write every gradient element once (from their on-chip accumulators).
     const size_t dynamic = tiles::accumulator_bytes(args.C);
     switch (effective<T>(prec, args.C)) {
-      case kDotTf32: return backward_both<T, kDotTf32>(args, grad_row, lse, grad_fa, grad_fb, dynamic, stream);
-      case kDotBf16: return backward_both<T, kDotBf16>(args, grad_row, lse, grad_fa, grad_fb, dynamic, stream);
-      default: break;
+      case kDotTf32:
+        return backward_sweeps<T, kDotTf32>(args, intra, grad_row, lse, grad_fa, grad_fb, dynamic, stream);
+      case kDotBf16:
+        return backward_sweeps<T, kDotBf16>(args, intra, grad_row, lse, grad_fa, grad_fb, dynamic, stream);
+      default:
+        break;
     }
   }
   // The IEEE kernels add each inner tile's product into their rows.
   cudaError_t err = cudaMemsetAsync(grad_fa, 0, sizeof(T) * args.B * args.N * args.C, stream);
-  if (err == cudaSuccess) err = cudaMemsetAsync(grad_fb, 0, sizeof(T) * args.B * args.M * args.C, stream);
+  if (err == cudaSuccess && !intra) err = cudaMemsetAsync(grad_fb, 0, sizeof(T) * args.B * args.M * args.C, stream);
   if (err != cudaSuccess) return err;
-  return backward_both<T, kDotIeee>(args, grad_row, lse, grad_fa, grad_fb, 0, stream);
+  return backward_sweeps<T, kDotIeee>(args, intra, grad_row, lse, grad_fa, grad_fb, 0, stream);
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t launch_pdcr_backward(const PdcrArgs<T>& args, DotPrecision prec, const T* grad_row, const T* lse,
+                                 T* grad_fa, T* grad_fb, cudaStream_t stream) {
+  return backward_launch(args, prec, false, grad_row, lse, grad_fa, grad_fb, stream);
+}
+
+template <typename T>
+cudaError_t launch_pdcr_intra_backward(const PdcrArgs<T>& args, DotPrecision prec, const T* grad_row, const T* lse,
+                                       T* grad_f, cudaStream_t stream) {
+  return backward_launch(args, prec, true, grad_row, lse, grad_f, static_cast<T*>(nullptr), stream);
 }
 
 template cudaError_t launch_pdcr_forward<float>(const PdcrArgs<float>&, DotPrecision, float*, float*, cudaStream_t);
@@ -321,6 +357,10 @@ template cudaError_t launch_pdcr_backward<float>(const PdcrArgs<float>&, DotPrec
                                                  float*, float*, cudaStream_t);
 template cudaError_t launch_pdcr_backward<double>(const PdcrArgs<double>&, DotPrecision, const double*,
                                                   const double*, double*, double*, cudaStream_t);
+template cudaError_t launch_pdcr_intra_backward<float>(const PdcrArgs<float>&, DotPrecision, const float*,
+                                                       const float*, float*, cudaStream_t);
+template cudaError_t launch_pdcr_intra_backward<double>(const PdcrArgs<double>&, DotPrecision, const double*,
+                                                        const double*, double*, cudaStream_t);
 
 }  // namespace cuda
 }  // namespace affseg
