@@ -21,11 +21,11 @@
 // tensor-core backward adds 32·(C + 36)·4 B of accumulator.
 // Work per call (P = N·M pairs, e = element size): forward 2·P·C dot FLOPs + the epilogue,
 // W·(3K + 20) per pair, and P·W exps; backward 8·P·C FLOPs (each kernel recomputes the dots and does
-// one G·f product, both on tensor cores in the tf32/bf16 modes), 2 epilogues and 2·P·W exps.
+// one G·f product, both on tensor cores in the tf32/bf16 modes), 2 epilogues and 2·P·W exps (cross-layer).
 // Compulsory bytes: B·(N + M)·(C + W·K)·e read and B·N·(1 + W)·e written forward; backward also
 // reads B·N·(1 + W)·e and writes B·(N + M)·C·e. The intra-layer ops run these kernels with the same
 // tensor as rows and columns; their backward is the rows sweep alone, each pair adding its column's own
-// row term as well (ŝ and d are symmetric): 4·P·C FLOPs, P·W·2 exps, one epilogue per pair.
+// row term as well (ŝ and d are symmetric): 4·P·C FLOPs, one divergence and 2 exps per pair and window.
 // Limits: W ≤ kPdcrMaxWindows = 8 (shared memory of the forward state), B ≤ 65535 (grid y), valid
 // columns per batch < 2^31 (int counter); float32/float64; int64 indexing otherwise.
 #include <cuda_runtime.h>
@@ -176,25 +176,38 @@ __global__ void __launch_bounds__(kThreads, 1) pdcr_forward_kernel(PdcrArgs<T> a
 // ---------------------------------------------------------------------------------------------
 enum Sweep { kRows, kCols, kIntra };
 
-// G_ij of the header for row i and column j from the logit s, 0 when row i carries no gradient.
+// Row i's backward coefficients: coef = g_i·inv_tau/W and 1/n_i; false when the row carries no gradient.
 template <typename T>
+__device__ bool row_coefficients(const PdcrArgs<T>& a, const bool* vb, const T* g_rows, int64_t valid_cols, int64_t i,
+                                 T& coef, T& inv_n) {
+  const int64_t n_i = valid_cols - ((a.exclude_self && i < a.M && vb[i]) ? 1 : 0);
+  const T g = g_rows[i];
+  coef = g * (a.inv_tau / static_cast<T>(a.W));
+  inv_n = n_i > 0 ? T(1) / static_cast<T>(n_i) : T(0);
+  return n_i > 0 && g != T(0);
+}
+
+// G_ij of the header for row i and column j from the logit s, plus with kBoth (intra-layer: pa is pb,
+// so d is symmetric) the column's own term G_ji from the same divergences.
+template <typename T, bool kBoth>
 __device__ T pair_gradient(const PdcrArgs<T>& a, const pdcr::WeightMap<T>& weights, const T* pa, const T* pb,
                            const bool* vb, const T* g_rows, const T* lse_b, int64_t valid_cols, int64_t i, int64_t j,
                            T s) {
-  const int64_t n_i = valid_cols - ((a.exclude_self && i < a.M && vb[i]) ? 1 : 0);
-  const T g = g_rows[i];
-  if (n_i <= 0 || g == T(0)) return T(0);
-  const T inv_n = T(1) / static_cast<T>(n_i);
-  T sum = T(0);
+  T coef_i, inv_n_i, coef_j = T(0), inv_n_j = T(0);
+  const bool live_i = row_coefficients(a, vb, g_rows, valid_cols, i, coef_i, inv_n_i);
+  const bool live_j = kBoth && row_coefficients(a, vb, g_rows, valid_cols, j, coef_j, inv_n_j);
+  if (!live_i && !live_j) return T(0);
+  T sum_i = T(0), sum_j = T(0);
   for (int64_t w = 0; w < a.W; ++w) {
     const T d = pdcr::window_divergence(pa + (w * a.N + i) * a.K, pb + (w * a.M + j) * a.K, 1, static_cast<int>(a.K),
                                         a.fg_l1);
     T w_pos, w_neg;
     pdcr::pair_weights(d, weights, w_pos, w_neg);
-    const T prob = simd::exp(s * w_neg - lse_b[i * a.W + w]);
-    sum += pdcr::pair_grad_term(prob, w_pos, w_neg, inv_n);
+    const T logit = s * w_neg;
+    if (live_i) sum_i += pdcr::pair_grad_term(simd::exp(logit - lse_b[i * a.W + w]), w_pos, w_neg, inv_n_i);
+    if (live_j) sum_j += pdcr::pair_grad_term(simd::exp(logit - lse_b[j * a.W + w]), w_pos, w_neg, inv_n_j);
   }
-  return g * (a.inv_tau / static_cast<T>(a.W)) * sum;
+  return (live_i ? coef_i * sum_i : T(0)) + (live_j ? coef_j * sum_j : T(0));
 }
 
 template <typename T, int kSweep, int kPrec>
@@ -234,8 +247,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool pair_ok = outer_ok && p < n_inner && (kRowsOuter ? vb[p] : va[p]) && !(a.exclude_self && i == j);
       if (pair_ok) {
         const T s = pdcr::scaled_logit(acc[q], a.inv_tau);
-        G = pair_gradient(a, weights, pa, pb, vb, g_rows, lse_b, valid_cols, i, j, s);
-        if constexpr (kSweep == kIntra) G += pair_gradient(a, weights, pa, pb, vb, g_rows, lse_b, valid_cols, j, i, s);
+        G = pair_gradient<T, kSweep == kIntra>(a, weights, pa, pb, vb, g_rows, lse_b, valid_cols, i, j, s);
       }
       tile.put_grad(q, G);
     }
@@ -347,6 +359,7 @@ cudaError_t launch_pdcr_backward(const PdcrArgs<T>& args, DotPrecision prec, con
 template <typename T>
 cudaError_t launch_pdcr_intra_backward(const PdcrArgs<T>& args, DotPrecision prec, const T* grad_row, const T* lse,
                                        T* grad_f, cudaStream_t stream) {
+  if (args.N != args.M || args.fa != args.fb || args.pa != args.pb || args.va != args.vb) return cudaErrorInvalidValue;
   return backward_launch(args, prec, true, grad_row, lse, grad_f, static_cast<T*>(nullptr), stream);
 }
 

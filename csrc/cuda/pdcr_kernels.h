@@ -39,8 +39,9 @@ template <typename T>
 cudaError_t launch_pdcr_backward(const PdcrArgs<T>& args, DotPrecision prec, const T* grad_row, const T* lse,
                                  T* grad_fa, T* grad_fb, cudaStream_t stream);
 
-// Intra-layer pairs (args with fa == fb, pa == pb, va == vb): grad_f (B,N,C), the gradient of f in both
-// roles, from one sweep (each pair adds its row's and its column's term).
+// Intra-layer pairs (args with fa == fb, pa == pb, va == vb, N == M; else cudaErrorInvalidValue):
+// grad_f (B,N,C), every element written here, the gradient of f in both roles, from one sweep (each
+// pair adds its row's and its column's term).
 template <typename T>
 cudaError_t launch_pdcr_intra_backward(const PdcrArgs<T>& args, DotPrecision prec, const T* grad_row, const T* lse,
                                        T* grad_f, cudaStream_t stream);
