@@ -140,13 +140,15 @@ def main() -> int:
             backward, intra = mode != "fwd", mode == "intra bwd"
             flops, nbytes = pdcr.work(1, N, N, C, W, K, torch.float32, backward=backward, input_precision=prec,
                                       intra=intra)
-            block, block_c, block_d, _ = pdcr._launch_config(C, torch.float32, prec, intra_bwd=intra)
+            tiles, block_c, block_d = pdcr._launch_config(C, torch.float32, prec, True, W, K)
+            held, swept, _ = tiles["intra" if intra else ("rows" if backward else "fwd")]
             D = -(-C // block_d)
             dot_flops = ((1 if intra else 2) * (2.0 * D + 2) if backward else 2.0) * N * N * C
             exps = (2 * D if backward else 1) * N * N * W
             kernel = "_pdcr_bwd_rows_kernel" if backward else "_pdcr_fwd_kernel"
             extra = {"INTRA": intra} if backward else {}
-            found = _registers(compiled, kernel, BLOCK_N=block, BLOCK_C=block_c, INPUT_PRECISION=prec, W=3, **extra)
+            found = _registers(compiled, kernel, BLOCK_N=held, BLOCK_M=swept, BLOCK_C=block_c, INPUT_PRECISION=prec,
+                               W=W, **extra)
             rows.append(("pdcr", mode, prec, f"N={N}, C={C}, W={W}, K={K}",
                          dot_flops, flops - dot_flops, exps, nbytes, found))
     N = 16384

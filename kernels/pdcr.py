@@ -60,8 +60,11 @@ rounding: 1.3e-2 at C = 5, τ = 0.1, under 5e-3 from C = 33), measured in the in
 operands rounded as tensor cores round them.
 The interpreter ignores "tf32" and refuses "bf16" (it computes bfloat16 wrongly). The masks travel
 as the feature dtype so that Triton can lower the fp64 dots (see _mask).
-GPU tile sizes come from compiling every configuration for sm_90 with `ptxas -v`
-(tests/test_triton_sm90.py: ≤ 227 KB shared memory, no spills); no GPU run has been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
+GPU tile sizes (_launch_config) come from compiling every configuration for sm_90 with `ptxas -v`
+(tests/test_triton_sm90.py: ≤ 227 KB shared memory, no spills): tf32/bf16 hold 64-row tiles
+(one warpgroup's wgmma M) in 8 warps, sweeping 32 columns forward and 16 backward; the backward
+drops to 16-row tiles at whole rows when W·(K + 1) > 15 (they spill there); IEEE fp32 (FMA) keeps
+16-32-row tiles. No GPU run has been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
 """
 from __future__ import annotations
 
@@ -346,31 +349,60 @@ def _pdcr_bwd_cols_kernel(
     tl.store(grad_ptr + (b * M + cols[:, None]) * C + ds[None, :], acc, mask=col_in[:, None] & d_in[None, :])
 
 
-def _launch_config(C, dtype, input_precision="ieee", gpu=True, block=None, block_c=None, block_d=None,
-                   intra_bwd=False):
-    """(BLOCK, BLOCK_C, BLOCK_D, num_warps). Up to C = 128 every kernel holds whole feature rows
-    (BLOCK_C = BLOCK_D = next_pow2(C), ONE_CHUNK); above, the similarity is summed over BLOCK_C
-    chunks and the backward writes BLOCK_D output channels per program. On a GPU: the largest tiles
-    with no register spills for every kernel (ptxas -v at sm_90 over C ≤ 1024, W ≤ 4:
-    tests/test_triton_sm90.py). The interpreter takes 64-row tiles (its cost is per tile step, not
-    per element). ``block``, ``block_c``, ``block_d`` override (tests run the chunk loops at small C)."""
+# The kernels by the tile role they give their BLOCK_N, BLOCK_M: "fwd", "rows" and "intra" hold row
+# tiles (BLOCK_N) and sweep column tiles (BLOCK_M); "cols" holds column tiles and sweeps rows.
+KERNEL_ROLES = ("fwd", "rows", "cols", "intra")
+# The tensor-core backward keeps 64-row tiles at whole rows (C ≤ 128) while W · (K + 1), each
+# window's class terms (K − 1 with fg_l1) plus its own statistics, is at most this; above, they spill
+# and take 16 rows (ptxas -v, sm_90: W = 4, K = 8 spilled 8-800 B in every 64-row shape tried; the
+# intra kernel 8-20 B at W = 4, K = 3, none at W = 3, K = 4). Chunked C holds 64 rows at any W, K.
+TC_BWD_WINDOW_TERMS = 15
+
+
+def _launch_config(C, dtype, input_precision="ieee", gpu=True, W=1, K=1, fg_l1=False, block=None, block_c=None,
+                   block_d=None):
+    """(tiles, BLOCK_C, BLOCK_D) with tiles[role] = (held, swept, num_warps) for each of KERNEL_ROLES.
+    Up to C = 128 every kernel holds whole feature rows (BLOCK_C = BLOCK_D = next_pow2(C),
+    ONE_CHUNK); above, the similarity is summed over BLOCK_C chunks and the backward writes BLOCK_D
+    output channels per program. On a GPU: the largest tiles with no register spills for every
+    kernel (ptxas -v at sm_90 over C ≤ 1024, W ≤ 4, K ≤ 8: tests/test_triton_sm90.py); the tf32/bf16
+    ones hold 64 rows, a warpgroup's wgmma tile. The interpreter takes 64-row square tiles (its cost
+    is per tile step, not per element). ``block`` (an int, or a (held, swept) pair), ``block_c`` and
+    ``block_d`` override (tests run the chunk loops and uneven tiles at small C)."""
     pow2 = max(16, triton.next_power_of_2(C))
     whole = pow2 <= 128
     if not gpu:
-        config = (64, pow2 if whole else 128, pow2 if whole else 128, 4)
+        tiles = dict.fromkeys(KERNEL_ROLES, (64, 64, 4))
+        chunk = (pow2, pow2) if whole else (128, 128)
     elif dtype == torch.float64:  # 32-row fp64 tiles, and 8 warps on 16 rows, spill (ptxas -v, sm_90)
-        config = (16, pow2, pow2, 4) if whole else (16, 32, 64, 4)
+        tiles = dict.fromkeys(KERNEL_ROLES, (16, 16, 4))
+        chunk = (pow2, pow2) if whole else (32, 64)
     elif input_precision == "ieee":
-        # 32-row tiles spill from C = 64 on; chunked, every 4-warp (and 2-warp) choice of
-        # BLOCK_C, BLOCK_D in {16, 32} spilled 4-16 B in some kernel, 8 warps on 32/32 none (ptxas -v, sm_90)
-        # (the intra-layer backward's column terms spill 32-row tiles at C ≤ 32 too)
-        config = ((32 if pow2 <= 32 and not intra_bwd else 16), pow2, pow2, 4) if whole else (16, 32, 32, 8)
-    else:  # tf32's mma layouts spill at 32 rows even for C = 16; bf16 takes the same tiles
-        # chunked: 64/128 spilled 24-48 B in the backward, 32/64 none
-        config = (16, pow2, pow2, 4) if whole else (16, 32, 64, 4)
-    block_c = block_c or config[1]
-    block_d = block_d or (block_c if block_c >= pow2 else config[2])
-    return block or config[0], block_c, block_d, config[3]
+        # FMA dots: 32-row tiles spill from C = 64 on, and 64-row ones (any sweep, 8 warps) at C = 128;
+        # chunked, every 4-warp (and 2-warp) choice of BLOCK_C, BLOCK_D in {16, 32} spilled 4-16 B in
+        # some kernel, 8 warps on 32/32 none (ptxas -v, sm_90); the intra-layer backward's column terms
+        # spill 32-row tiles at C ≤ 32 too
+        if whole:
+            held = 32 if pow2 <= 32 else 16
+            tiles = {**dict.fromkeys(KERNEL_ROLES, (held, held, 4)), "intra": (16, 16, 4)}
+            chunk = (pow2, pow2)
+        else:
+            tiles = dict.fromkeys(KERNEL_ROLES, (16, 16, 8))
+            chunk = (32, 32)
+    else:
+        # tf32/bf16 (wgmma at sm_90): the forward holds 64 rows and sweeps 32 at every C, W, K; the
+        # backward sweeps 16 (64 x 32 spilled 4-48 B in the column and intra kernels), in 8 warps (4
+        # spilled at chunked C); chunked, BLOCK_C/BLOCK_D 64/128 spilled 24-48 B, 32/64 none
+        terms = W * ((K - 1 if fg_l1 else K) + 1)
+        bwd = (64, 16, 8) if (not whole or terms <= TC_BWD_WINDOW_TERMS) else (16, 16, 4)
+        tiles = {"fwd": (64, 32, 8), "rows": bwd, "cols": bwd, "intra": bwd}
+        chunk = (pow2, pow2) if whole else (32, 64)
+    if block is not None:
+        held, swept = (block, block) if isinstance(block, int) else block
+        tiles = {role: (held, swept, warps) for role, (_, _, warps) in tiles.items()}
+    block_c = block_c or chunk[0]
+    block_d = block_d or (block_c if block_c >= pow2 else chunk[1])
+    return tiles, block_c, block_d
 
 
 def _mask(valid, like):
@@ -381,8 +413,9 @@ def _mask(valid, like):
 
 
 def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block,
-                  block_c=None, block_d=None, intra_bwd=False):
-    """Sizes, per-row column counts n_i, 1/τ as a tensor, and the kernels' compile-time options."""
+                  block_c=None, block_d=None):
+    """Sizes, per-row column counts n_i, 1/τ as a tensor, the kernels' compile-time options per
+    role of KERNEL_ROLES (BLOCK_N, BLOCK_M and num_warps set from its tiles) and BLOCK_D."""
     B, N, C = fa.shape
     M = fb.shape[1]
     W, K = pa.shape[1], pa.shape[3]
@@ -394,19 +427,21 @@ def _launch_setup(fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self,
             f"of {dtypes}; got C={C}, W={W} of {fa.dtype}"
         )
     input_precision = input_precision_for("the Triton PDCR kernel", input_precision, fa)
-    block, block_c, block_d, num_warps = _launch_config(C, fa.dtype, input_precision, on_gpu(fa), block,
-                                                        block_c, block_d, intra_bwd)
+    tiles, block_c, block_d = _launch_config(C, fa.dtype, input_precision, on_gpu(fa), W, K, fg_l1, block,
+                                             block_c, block_d)
     # n_i: valid columns of each row (the row itself excluded when asked); rows without any drop out.
     n_cols = vb.sum(dim=1, keepdim=True).to(fa.dtype).expand(B, N)
     if exclude_self:
         n_cols = n_cols - va.to(fa.dtype)
-    one_chunk = block_c >= C and block_d == block_c
-    meta = dict(
+    common = dict(
         W=W, K_UNROLL=K if K <= K_UNROLL_MAX else 0, SWAPPED=bool(swapped), FG_L1=bool(fg_l1), EXCLUDE_SELF=bool(exclude_self),
-        BLOCK_N=block, BLOCK_M=block, BLOCK_C=block_c, ONE_CHUNK=one_chunk, INPUT_PRECISION=input_precision,
-        num_warps=num_warps,
+        BLOCK_C=block_c, ONE_CHUNK=block_c >= C and block_d == block_c, INPUT_PRECISION=input_precision,
     )
-    return (B, N, M, C, W, K), n_cols.contiguous(), scalar(inv_tau, fa), meta, block_d
+    metas = {}
+    for role, (held, swept, warps) in tiles.items():
+        rows, cols = (swept, held) if role == "cols" else (held, swept)
+        metas[role] = dict(common, BLOCK_N=rows, BLOCK_M=cols, num_warps=warps)
+    return (B, N, M, C, W, K), n_cols.contiguous(), scalar(inv_tau, fa), metas, block_d
 
 
 def pdcr_fwd(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self,
@@ -415,11 +450,13 @@ def pdcr_fwd(fa, pa, fb, pb, va, vb, *, inv_tau, swapped, fg_l1, exclude_self,
 
     fa (B, N, C), fb (B, M, C) unit rows; pa (B, W, N, K), pb (B, W, M, K); va (B, N), vb (B, M)
     bool. Floating inputs contiguous, one dtype (float32 or float64). ``block`` overrides the
-    row/column tile size (a power of two, at least 16), ``block_c`` the channel chunk. row_lse is
+    tile sizes (an int for square tiles or a (held, swept) pair; powers of two, at least 16),
+    ``block_c`` the channel chunk. row_lse is
     -inf where a row has no valid column.
     """
-    (B, N, M, C, W, K), n_cols, inv_tau_t, meta, _ = _launch_setup(
+    (B, N, M, C, W, K), n_cols, inv_tau_t, metas, _ = _launch_setup(
         fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block, block_c)
+    meta = metas["fwd"]
     row_loss = torch.empty((B, N), dtype=fa.dtype, device=fa.device)
     row_lse = torch.empty((B, N, W), dtype=fa.dtype, device=fa.device)
     if B == 0 or N == 0:
@@ -437,20 +474,21 @@ def pdcr_bwd(grad_row, fa, pa, fb, pb, va, vb, row_lse, *, inv_tau, swapped, fg_
              input_precision="ieee", block=None, block_c=None, block_d=None):
     """(grad_fa, grad_fb) of Σ grad_row · row_loss; the other arguments are those of :func:`pdcr_fwd`,
     ``block_d`` overrides the output channels per program."""
-    (B, N, M, C, W, K), n_cols, inv_tau_t, meta, block_d = _launch_setup(
+    (B, N, M, C, W, K), n_cols, inv_tau_t, metas, block_d = _launch_setup(
         fa, pa, fb, pb, va, vb, inv_tau, swapped, fg_l1, exclude_self, input_precision, block, block_c, block_d)
+    rows_meta, cols_meta = metas["rows"], metas["cols"]
     if B == 0 or N == 0 or M == 0:
         return torch.zeros_like(fa), torch.zeros_like(fb)
     grad_fa = torch.empty_like(fa)
     grad_fb = torch.empty_like(fb)
     args = (grad_row.contiguous(), fa, pa, fb, pb, _mask(va, fa), _mask(vb, fa), n_cols, row_lse)
-    row_tiles, col_tiles = triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"])
+    row_tiles, col_tiles = triton.cdiv(N, rows_meta["BLOCK_N"]), triton.cdiv(M, cols_meta["BLOCK_M"])
     chunks = triton.cdiv(C, block_d)
     with device_of(fa):
         _pdcr_bwd_rows_kernel[(check_grid("pdcr_bwd", B * row_tiles * chunks),)](
-            *args, grad_fa, N, M, C, K, inv_tau_t, row_tiles, chunks, BLOCK_D=block_d, INTRA=False, **meta)
+            *args, grad_fa, N, M, C, K, inv_tau_t, row_tiles, chunks, BLOCK_D=block_d, INTRA=False, **rows_meta)
         _pdcr_bwd_cols_kernel[(check_grid("pdcr_bwd", B * col_tiles * chunks),)](
-            *args, grad_fb, N, M, C, K, inv_tau_t, col_tiles, chunks, BLOCK_D=block_d, **meta)
+            *args, grad_fb, N, M, C, K, inv_tau_t, col_tiles, chunks, BLOCK_D=block_d, **cols_meta)
     return grad_fa, grad_fb
 
 
@@ -464,9 +502,9 @@ def pdcr_intra_fwd(f, phi, valid, *, inv_tau, swapped, fg_l1, exclude_self, inpu
 def pdcr_intra_bwd(grad_row, f, phi, valid, row_lse, *, inv_tau, swapped, fg_l1, exclude_self,
                    input_precision="ieee", block=None, block_c=None, block_d=None):
     """grad f (B, N, C) of Σ grad_row · row_loss with f in both roles: the rows kernel alone (INTRA)."""
-    (B, N, M, C, W, K), n_cols, inv_tau_t, meta, block_d = _launch_setup(
-        f, phi, f, phi, valid, valid, inv_tau, swapped, fg_l1, exclude_self, input_precision, block, block_c, block_d,
-        intra_bwd=True)
+    (B, N, M, C, W, K), n_cols, inv_tau_t, metas, block_d = _launch_setup(
+        f, phi, f, phi, valid, valid, inv_tau, swapped, fg_l1, exclude_self, input_precision, block, block_c, block_d)
+    meta = metas["intra"]
     if B == 0 or N == 0:
         return torch.zeros_like(f)
     grad = torch.empty_like(f)
@@ -479,14 +517,14 @@ def pdcr_intra_bwd(grad_row, f, phi, valid, row_lse, *, inv_tau, swapped, fg_l1,
     return grad
 
 
-def work(B, N, M, C, W, K, dtype, backward=False, input_precision="ieee", intra=False):
+def work(B, N, M, C, W, K, dtype, backward=False, input_precision="ieee", intra=False, fg_l1=False):
     """(FLOPs, bytes) of one pdcr_fwd (or pdcr_bwd, or with ``intra`` pdcr_intra_bwd, M = N) call on
     a GPU, counted as in this file's header."""
     e = torch.empty((), dtype=dtype).element_size()
     reads = B * ((N + M) * (C + W * K) + N) * e + B * (N + M)
     if not backward:
         return 2.0 * B * N * M * C + B * N * M * W * (3 * K + 8), float(reads + B * N * (1 + W) * e)
-    D = triton.cdiv(C, _launch_config(C, dtype, input_precision, gpu=True, intra_bwd=intra)[2])
+    D = triton.cdiv(C, _launch_config(C, dtype, input_precision, True, W, K, fg_l1)[2])
     kernels = 1 if intra else 2  # the intra rows kernel does both pair terms from one ŝ tile
     flops = kernels * (2.0 * D + 2) * B * N * M * C + 2.0 * D * B * N * M * W * (3 * K + 10)
     return flops, float(reads + B * N * (1 + W) * e + B * (N + M) * C * e)

@@ -161,7 +161,8 @@ def test_intra_layer_gradient_sums_both_roles():
 
 
 def test_tiles_and_channel_chunks_do_not_change_the_result():
-    # 32- and 64-row tiles; and the same call held whole (ONE_CHUNK), summed over 16-channel chunks,
+    # 32- and 64-row tiles, uneven ones (held 64 x swept 16 as the GPU's tensor-core backward takes,
+    # and held 16 x swept 32); and the same call held whole (ONE_CHUNK), summed over 16-channel chunks,
     # and with 16 or 32 output channels per backward program (D = 3 or 2; C = 40 is no multiple of either).
     from affseg.kernels import pdcr as kernels
 
@@ -172,13 +173,34 @@ def test_tiles_and_channel_chunks_do_not_change_the_result():
     opts = dict(inv_tau=3.0, swapped=True, fg_l1=True, exclude_self=False)
     grad_row = torch.randn(2, 100, dtype=torch.float64)
     results = []
-    for block, block_c, block_d in ((32, None, None), (64, None, None), (64, 16, 16), (32, 16, 32)):
+    for block, block_c, block_d in ((32, None, None), (64, None, None), (64, 16, 16), (32, 16, 32),
+                                    ((64, 16), None, None), ((16, 32), 16, 16)):
         loss, lse = kernels.pdcr_fwd(*args, **opts, block=block, block_c=block_c)
         results.append((loss, lse, *kernels.pdcr_bwd(grad_row, *args, lse, **opts, block=block, block_c=block_c,
                                                      block_d=block_d)))
     for other in results[1:]:
         for a, b in zip(results[0], other):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_intra_layer_tiles_do_not_change_the_result():
+    # the one-sweep intra backward pairs each row tile with column tiles of another size: its column
+    # terms (G_ji) must not depend on how the tiles split N (67 rows: no tile size divides it)
+    from affseg.kernels import pdcr as kernels
+
+    inputs = _make(2, 67, None, 24, 2, 3, torch.float64, cross=False)
+    f = F.normalize(inputs["feats"].detach(), dim=-1)
+    phi, valid = inputs["phi"], inputs["valid"]
+    opts = dict(inv_tau=4.0, swapped=False, fg_l1=False, exclude_self=True)
+    grad_row = torch.randn(2, 67, dtype=torch.float64)
+    _, lse = kernels.pdcr_intra_fwd(f, phi, valid, **opts)
+    grads = [kernels.pdcr_intra_bwd(grad_row, f, phi, valid, lse, **opts, block=block)
+             for block in (64, (64, 16), (16, 64), (32, 16))]
+    for other in grads[1:]:
+        torch.testing.assert_close(other, grads[0], rtol=1e-12, atol=1e-13)
+    # and the sum of both roles from the two-sweep backward
+    ga, gb = kernels.pdcr_bwd(grad_row, f, phi, f, phi, valid, valid, lse, **opts, block=(64, 16))
+    torch.testing.assert_close(grads[0], ga + gb, rtol=1e-12, atol=1e-13)
 
 
 def test_backward_is_deterministic():

@@ -7,7 +7,7 @@ the launcher takes every in-limit call without raising; every launch compiles; s
 <= 227 KB; ptxas -v reports 0 bytes of spill stores and loads; grids fit the CUDA limits (axis 0
 < 2^31, axes 1-2 <= 65,535) even for dense 3-D label volumes and 100,000-image batches; no
 launcher hands a kernel a Python float (the GPU launcher would type it fp32); the PDCR and cos_lse
-kernels' tf32 and bf16 dots compile to mma/wgmma (tensor cores).
+kernels' tf32 and bf16 dots compile to mma/wgmma (tensor cores), wgmma wherever a tile has 64 rows.
 
 One subprocess compiles everything once (TRITON_INTERPRET must be unset there, while conftest.py
 sets it for this process); Triton's on-disk cache makes reruns faster.
@@ -91,6 +91,12 @@ def test_tensor_core_modes_compile_to_mma(probe, family, record_property):
     assert {"ieee", "tf32", "bf16"} <= modes, f"modes compiled: {modes}"
     missing = [_fmt(c) for c in compiled if c["constexprs"].get("INPUT_PRECISION") in ("tf32", "bf16") and not c["mma"]]
     assert not missing, "tensor-core modes without mma/wgmma:\n" + "\n".join(missing)
+    # a tile of 64 rows is a warpgroup's: Hopper's wgmma, not the sm_80 mma.sync emulation of it
+    wide = [c for c in compiled if c["constexprs"].get("INPUT_PRECISION") in ("tf32", "bf16")
+            and max(int(c["constexprs"].get("BLOCK_N", 0)), int(c["constexprs"].get("BLOCK_M", 0))) >= 64]
+    assert wide, "no 64-row tensor-core tile compiled"
+    no_wgmma = [_fmt(c) for c in wide if not c["wgmma"]]
+    assert not no_wgmma, "64-row tensor-core tiles without wgmma:\n" + "\n".join(no_wgmma)
     fp32_ieee = [c for c in compiled
                  if c["constexprs"].get("INPUT_PRECISION") == "ieee" and "*fp32" in c["signature"].values()]
     with_mma = [_fmt(c) for c in fp32_ieee if c["mma"]]

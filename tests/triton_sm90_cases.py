@@ -80,6 +80,18 @@ def pdcr(mod, torch):
                 yield (f"{_name(dtype)}-C{C}-W{lim['windows']}-K{lim['classes']}-{prec}",
                        lambda d=dtype, C=C, p=prec: call(d, C, lim["windows"], lim["classes"], p,
                                                          swapped=True, fg_l1=True, exclude_self=False))
+        # the tensor-core backward holds 64-row tiles at whole rows up to W·(K + 1) =
+        # TC_BWD_WINDOW_TERMS: the largest K of each W there (all classes counted: no fg_l1) and the
+        # first K above it; chunked, at every W, K (the largest, all classes counted, here)
+        if dtype == torch.float32:
+            bound = mod.TC_BWD_WINDOW_TERMS
+            shapes = {(128, W, min(bound // W - 1, lim["classes"])) for W in range(1, lim["windows"] + 1)}
+            shapes |= {(128, lim["windows"], bound // lim["windows"]),
+                       (lim["channels"], lim["windows"], lim["classes"])}
+            for C, W, K in sorted(shapes):
+                for prec in ("tf32", "bf16"):
+                    yield (f"float32-C{C}-W{W}-K{K}-all-classes-{prec}",
+                           lambda C=C, W=W, K=K, p=prec: call(torch.float32, C, W, K, p))
     yield "float32-C64-B100000", lambda: call(torch.float32, 64, 1, 2, "ieee", B=100000, N=8, M=8)
 
 

@@ -137,6 +137,7 @@ def _compile(job):
         res["shared"] = int(compiled.metadata.shared)
         ptx = compiled.asm["ptx"]
         res["mma"] = ("mma." in ptx) or ("wgmma" in ptx)
+        res["wgmma"] = "wgmma.mma_async" in ptx  # Hopper's warpgroup MMA (tiles of 64+ rows per warpgroup)
         ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as fh:
             fh.write(ptx)
