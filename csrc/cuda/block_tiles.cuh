@@ -307,6 +307,19 @@ inline bool tensor_cores_fit(Kernel kernel, size_t dynamic_bytes) {
   return true;
 }
 
+// The dot precision a call runs: the requested tf32/bf16 where fits(std::integral_constant<int, prec>)
+// says every kernel of the op can run it here (float32 only: tensor_cores_fit), IEEE otherwise.
+template <typename T, typename Fits>
+inline DotPrecision pick_precision(DotPrecision prec, Fits fits) {
+  if constexpr (sizeof(T) != 4) {
+    return kDotIeee;
+  } else {
+    if (prec == kDotTf32 && fits(std::integral_constant<int, kDotTf32>{})) return kDotTf32;
+    if (prec == kDotBf16 && fits(std::integral_constant<int, kDotBf16>{})) return kDotBf16;
+    return kDotIeee;
+  }
+}
+
 }  // namespace tiles
 }  // namespace cuda
 }  // namespace affseg

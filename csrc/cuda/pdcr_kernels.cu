@@ -297,13 +297,7 @@ bool use_tensor_cores(int64_t C) {
 
 template <typename T>
 DotPrecision effective(DotPrecision prec, int64_t C) {
-  if constexpr (sizeof(T) != 4) {
-    return kDotIeee;
-  } else {
-    if (prec == kDotTf32 && use_tensor_cores<kDotTf32>(C)) return kDotTf32;
-    if (prec == kDotBf16 && use_tensor_cores<kDotBf16>(C)) return kDotBf16;
-    return kDotIeee;
-  }
+  return tiles::pick_precision<T>(prec, [C](auto p) { return use_tensor_cores<decltype(p)::value>(C); });
 }
 
 }  // namespace

@@ -125,20 +125,15 @@ void backward(const T* grad_lse, const T* f, const bool* valid, const T* lse, in
 
 // The precision this call runs: tensor cores for float32 on sm_80+ when the backward's accumulator
 // fits (asked by the forward too, so both run in one mode), IEEE otherwise.
+template <int kPrec>
+bool use_tensor_cores(int64_t C) {
+  return tiles::tensor_cores_fit(cos_lse_bwd_kernel<float, kPrec>, tiles::accumulator_bytes(C)) &&
+         tiles::tensor_cores_fit(cos_lse_fwd_kernel<float, kPrec>, 0);
+}
+
 template <typename T>
 DotPrecision effective(DotPrecision prec, int64_t C) {
-  if constexpr (sizeof(T) != 4) {
-    return kDotIeee;
-  } else {
-    const size_t dynamic = tiles::accumulator_bytes(C);
-    if (prec == kDotTf32 && tiles::tensor_cores_fit(cos_lse_bwd_kernel<float, kDotTf32>, dynamic) &&
-        tiles::tensor_cores_fit(cos_lse_fwd_kernel<float, kDotTf32>, 0))
-      return kDotTf32;
-    if (prec == kDotBf16 && tiles::tensor_cores_fit(cos_lse_bwd_kernel<float, kDotBf16>, dynamic) &&
-        tiles::tensor_cores_fit(cos_lse_fwd_kernel<float, kDotBf16>, 0))
-      return kDotBf16;
-    return kDotIeee;
-  }
+  return tiles::pick_precision<T>(prec, [C](auto p) { return use_tensor_cores<decltype(p)::value>(C); });
 }
 
 }  // namespace
