@@ -16,9 +16,11 @@ Backward, with g_i the incoming row gradient:
     grad_fa_i = Σ_j G_ij fb_j,   grad_fb_j = Σ_i G_ij fa_i
 
 Schedule (flash-attention style). Forward: one program per (row tile, batch) sweeps the column
-tiles; one similarity tile serves every window: per window the divergence tile is built from a
-run-time loop over the K classes (2 column loads of φ per class), and a running max / running sum /
-positive sum per (row, window) lives in registers as [BLOCK_N, W_PAD] tensors. Up to C = 128 the
+tiles; one similarity tile serves every window: per window the divergence tile is built from the
+K classes (unrolled up to K_UNROLL_MAX: one column-vector load of φ per class and column tile; the
+row tile's φ is loop-invariant and hoisted out of the sweep by the compiler, held in registers:
+tests/test_triton_sm90.py checks that no held-length vector is loaded inside a loop), and a running
+max / running sum / positive sum per (row, window) lives in registers as [BLOCK_N, W_PAD] tensors. Up to C = 128 the
 row tile's features stay in registers and ŝ is one tl.dot (ONE_CHUNK); above, ŝ is summed over
 BLOCK_C-wide channel chunks (kernels/_launch.py `tile_dots`), so shared memory and registers are
 bounded by the tiles, not by C. Backward recomputes the tiles from the saved row_lse, as

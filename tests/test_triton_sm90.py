@@ -104,6 +104,25 @@ def test_tensor_core_modes_compile_to_mma(probe, family, record_property):
     record_property("ieee_fp32_with_mma", with_mma)
 
 
+def test_pdcr_held_tile_statistics_stay_in_registers(probe):
+    """Issue 10: φ (and the other per-item vectors) of the tile a PDCR program holds are loaded once,
+    outside its sweep over the other tiles: no vector load of the held length inside a loop. Checked
+    where the held and swept lengths differ (the 64-row tensor-core tiles), as lengths tell them apart."""
+    checked, bad = 0, []
+    for c in probe["compiled"]:
+        if c["family"] != "pdcr" or "error" in c:
+            continue
+        k = c["constexprs"]
+        held, swept = (k["BLOCK_M"], k["BLOCK_N"]) if c["kernel"] == "_pdcr_bwd_cols_kernel" else (k["BLOCK_N"], k["BLOCK_M"])
+        if held == swept:
+            continue
+        checked += 1
+        if int(held) in c["loop_vector_loads"]:
+            bad.append(f"{_fmt(c)}: loads {held}-vectors in its loop ({c['loop_vector_loads']})")
+    assert checked, "no uneven PDCR tile compiled"
+    assert not bad, "\n".join(bad)
+
+
 def test_every_jit_kernel_is_covered(probe):
     """A kernel no case reaches would go unchecked: each *_kernel of each module must compile here."""
     import re

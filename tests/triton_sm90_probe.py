@@ -119,6 +119,24 @@ _PTXAS_RE = {
 }
 
 
+_VECTOR_PTRS = re.compile(r"tensor<(\d+)x!tt\.ptr<")
+
+
+def _loop_vector_loads(ttgir: str) -> list:
+    """Lengths of the 1-D loads (tt.load, or the pipeliner's async copies) inside any scf.for body: a
+    loop-invariant vector the compiler hoisted (held in registers) does not appear."""
+    stack, lengths = [], set()
+    for line in ttgir.splitlines():
+        indent, text = len(line) - len(line.lstrip()), line.strip()
+        if stack and text.startswith("}") and indent == stack[-1]:
+            stack.pop()
+        elif "scf.for" in text and text.endswith("{"):
+            stack.append(indent)
+        elif stack and ("tt.load" in text or "async_copy_global_to_local" in text):
+            lengths.update(int(n) for n in _VECTOR_PTRS.findall(text.rsplit(" : ", 1)[-1]))
+    return sorted(lengths)
+
+
 def _compile(job):
     """Compile one launch for sm_90 and run ptxas -v on its PTX; returns a result dict."""
     family, name, signature, constexprs, attrs, options = job
@@ -138,6 +156,7 @@ def _compile(job):
         ptx = compiled.asm["ptx"]
         res["mma"] = ("mma." in ptx) or ("wgmma" in ptx)
         res["wgmma"] = "wgmma.mma_async" in ptx  # Hopper's warpgroup MMA (tiles of 64+ rows per warpgroup)
+        res["loop_vector_loads"] = _loop_vector_loads(compiled.asm["ttgir"])
         ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as fh:
             fh.write(ptx)
