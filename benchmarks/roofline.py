@@ -171,7 +171,10 @@ def main() -> int:
         "run these kernels. Bound = the largest of dot FLOPs / tensor-core (or FP32 for ieee) peak, epilogue FLOPs "
         "/ FP32 peak, exps / SFU rate, bytes / HBM bandwidth. `dot share` = dot time at peak / bound: the most of "
         "the matrix-product peak this schedule could reach. The backward recomputes the similarity "
-        "(FlashAttention-2 style), once per output-channel chunk D (Triton). The CUDA C++ rows (32×32 tiles "
+        "(FlashAttention-2 style), once per output-channel chunk D (Triton). The Triton tf32/bf16 PDCR "
+        "kernels hold 64-row tiles in 8 warps (wgmma; one block per SM at these registers), IEEE ones 16-32-row "
+        "tiles in 4. The model counts operations, not tile shape: what a larger tile buys in operand reuse and "
+        "what one block per SM costs in latency hiding only a GPU run shows. The CUDA C++ rows (32×32 tiles "
         "of 128 threads, WMMA for tf32/bf16) count their G·f product as dot FLOPs, as it runs on the tensor "
         "cores too.",
         "",
