@@ -4,7 +4,8 @@ Stages, each recorded (status, seconds, detail) in the log and in the report; a 
 not stop later ones: (1) build the CUDA extension in place (no network, no pip resolution),
 (2) `pytest -m cuda`, (3) the sm_90 compile test and the Triton tests with TRITON_INTERPRET=0,
 (4) time every fused op against affseg.reference with `triton.testing.do_bench` medians, fwd and
-fwd+bwd, on each backend that takes the call. A budget guard skips the cases left when the time is
+fwd+bwd, on each backend that takes the call; on the bmm target case, the Triton PDCR tiles the
+launcher picks against gpu_report.TILE_ALTERNATIVES. A budget guard skips the cases left when the time is
 spent and says so. Writes benchmarks/RESULTS-gpu.md and a log; never a number it did not measure.
 
 Runs with the system python3 (torch + triton preinstalled), not the .venv.
@@ -22,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_report import CASES, DIFFERENTIABLE, Report, Row, case_work, fill_speedups, render  # noqa: E402
+from gpu_report import CASES, DIFFERENTIABLE, TILE_ALTERNATIVES, Report, Row, case_work, fill_speedups, render  # noqa: E402
 
 
 class Log:
@@ -138,6 +139,49 @@ def _bmm_targets(case, rows, log, device):
     return "; ".join(parts)
 
 
+def _do_bench(step):
+    import triton.testing
+
+    return float(triton.testing.do_bench(step, warmup=10, rep=40, return_mode="median"))
+
+
+def _tile_sweep(case, log, device, bench=_do_bench):
+    """The Triton PDCR tile choice, measured: `case`'s fwd and fwd+bwd on the Triton backend under the
+    launcher's tiles and under each of TILE_ALTERNATIVES (the launcher's config with its tiles
+    replaced for the duration), side by side. Returns the note."""
+    import torch
+
+    from affseg.kernels import pdcr
+
+    real = pdcr._launch_config
+    d = case.dims
+    chosen = real(d["C"], torch.float32, "bf16" if case.dtype == "bfloat16" else "ieee", True, d["W"], d["K"])[0]
+    parts = [f"{case.op} {case.size} {case.dtype}, Triton tiles (held x swept, warps) fwd {chosen['fwd']}, "
+             f"intra bwd {chosen['intra']}"]
+    for label, tile in [("launcher", None), *TILE_ALTERNATIVES.items()]:
+        def config(*args, tile=tile, **kwargs):
+            tiles, block_c, block_d = real(*args, **kwargs)
+            return (tiles if tile is None else dict.fromkeys(tiles, tile)), block_c, block_d
+
+        pdcr._launch_config = config
+        try:
+            fn, grads = _inputs(case, device)
+            times = []
+            for mode in ("fwd", "fwd+bwd"):
+                step = _timed(lambda: fn("triton"), grads, mode)
+                step()  # compile outside the timing
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(f"{mode} {bench(step):.3f} ms")
+            parts.append(f"{label}: " + ", ".join(times))
+        except Exception as exc:  # say why, no number
+            parts.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+        finally:
+            pdcr._launch_config = real
+    log("; ".join(parts))
+    return "; ".join(parts)
+
+
 def time_cases(report, log, budget_s, device="cuda"):
     import torch
     import triton.testing
@@ -168,6 +212,8 @@ def time_cases(report, log, budget_s, device="cuda"):
     for case in CASES:
         if case.bmm and time.perf_counter() - start <= budget_s:
             report.notes.append(_bmm_targets(case, report.rows, log, device))
+        if case.bmm and "triton" in case.backends and time.perf_counter() - start <= budget_s - 30:
+            report.notes.append(_tile_sweep(case, log, device))
     if skipped:
         report.notes.append(f"time budget of {budget_s:.0f} s spent: not measured: " + "; ".join(skipped))
         return "partial", f"{len(skipped)} measurements skipped (budget)"

@@ -69,3 +69,31 @@ def test_budget_guard_skips_and_says_so(tmp_path):
     assert status == "partial" and "skipped" in detail
     assert not report.rows and "not measured" in report.notes[0]
     assert (tmp_path / "log").exists()
+
+
+def test_tile_sweep_runs_each_tile_choice_and_restores_the_launcher(tmp_path, monkeypatch):
+    # In the interpreter at a small float32 case, with a stand-in timer: every alternative must reach
+    # the kernels (the sweep measures what it says), and the launcher's config must be back afterwards.
+    import gpu_check
+
+    from affseg.kernels import pdcr
+
+    real = pdcr._launch_config
+    seen = []
+    original_setup = pdcr._launch_setup
+
+    def recording_setup(*args, **kwargs):
+        out = original_setup(*args, **kwargs)
+        seen.append({role: (m["BLOCK_N"], m["BLOCK_M"], m["num_warps"]) for role, m in out[3].items()})
+        return out
+
+    monkeypatch.setattr(pdcr, "_launch_setup", recording_setup)
+    monkeypatch.setattr(gpu_check, "TILE_ALTERNATIVES", {"32x16": (32, 16, 4)})
+    case = Case("pdcr_loss_from_ratios", "B=1 N=40 C=8 W=2 K=3", dict(B=1, N=40, C=8, W=2, K=3),
+                backends=("triton",), bmm=True)
+    note = gpu_check._tile_sweep(case, gpu_check.Log(tmp_path / "log"), "cpu", bench=lambda step: (step(), 1.0)[1])
+    assert pdcr._launch_config is real
+    assert "launcher: fwd 1.000 ms, fwd+bwd 1.000 ms" in note and "32x16: fwd 1.000 ms, fwd+bwd 1.000 ms" in note
+    # the interpreter's own tiles are square 64s; the alternative's fwd and intra bwd ran at 32 x 16
+    assert any(s["fwd"] == (64, 64, 4) for s in seen)
+    assert any(s["fwd"] == (32, 16, 4) for s in seen) and any(s["intra"] == (32, 16, 4) for s in seen)
