@@ -66,7 +66,11 @@ GPU tile sizes (_launch_config) come from compiling every configuration for sm_9
 (tests/test_triton_sm90.py: ≤ 227 KB shared memory, no spills): tf32/bf16 hold 64-row tiles
 (one warpgroup's wgmma M) in 8 warps, sweeping 32 columns forward and 16 backward; the backward
 drops to 16-row tiles at whole rows when W·(K + 1) > 15 (they spill there); IEEE fp32 (FMA) keeps
-16-32-row tiles. No GPU run has been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
+16-32-row tiles. Known gap: the probe's cases compile N = 256 only, and its dedup key ignores
+Triton's divisible-by-16 specialisation of the integer arguments; an ad-hoc compile with N (or C)
+no multiple of 16 found 4-32 B of spills in the whole-row intra backward (64 rows, W = 3, K = 4 and
+W = 4, K = 2) and in the chunked IEEE backward (16 rows, 8 warps), not yet fixed. No GPU run has
+been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
 """
 from __future__ import annotations
 
