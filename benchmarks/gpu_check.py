@@ -119,12 +119,11 @@ def _bmm_targets(case, rows, log, device):
     """The tensor-core targets of `case`: forward time against a torch.bmm of the same dot products in
     the same dtype (the fraction of the bmm's rate the fused forward reaches), and fwd+bwd / fwd."""
     import torch
-    import triton.testing
 
     d = case.dims
     f = torch.randn(d["B"], d["N"], d["C"], device=device, dtype=getattr(torch, case.dtype))
     ft = f.transpose(1, 2).contiguous()
-    bmm_ms = float(triton.testing.do_bench(lambda: torch.bmm(f, ft), warmup=10, rep=40, return_mode="median"))
+    bmm_ms = _do_bench(lambda: torch.bmm(f, ft))
     del f, ft
     parts = [f"{case.op} {case.size} {case.dtype}: torch.bmm of the same dots {bmm_ms:.3f} ms"]
     for backend in case.backends:
@@ -184,7 +183,6 @@ def _tile_sweep(case, log, device, bench=_do_bench):
 
 def time_cases(report, log, budget_s, device="cuda"):
     import torch
-    import triton.testing
 
     start = time.perf_counter()
     skipped = []
@@ -201,7 +199,7 @@ def time_cases(report, log, budget_s, device="cuda"):
                     step = _timed(lambda: fn(backend), grads, mode)
                     step()  # compile / first call outside the timing
                     torch.cuda.synchronize()
-                    row.median_ms = float(triton.testing.do_bench(step, warmup=10, rep=40, return_mode="median"))
+                    row.median_ms = _do_bench(step)
                     row.flops, row.nbytes = case_work(case, mode)
                 except Exception as exc:  # a backend that cannot take the call: say why, no number
                     row.note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"

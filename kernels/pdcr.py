@@ -523,14 +523,14 @@ def pdcr_intra_bwd(grad_row, f, phi, valid, row_lse, *, inv_tau, swapped, fg_l1,
     return grad
 
 
-def work(B, N, M, C, W, K, dtype, backward=False, input_precision="ieee", intra=False, fg_l1=False):
+def work(B, N, M, C, W, K, dtype, backward=False, input_precision="ieee", intra=False):
     """(FLOPs, bytes) of one pdcr_fwd (or pdcr_bwd, or with ``intra`` pdcr_intra_bwd, M = N) call on
     a GPU, counted as in this file's header."""
     e = torch.empty((), dtype=dtype).element_size()
     reads = B * ((N + M) * (C + W * K) + N) * e + B * (N + M)
     if not backward:
         return 2.0 * B * N * M * C + B * N * M * W * (3 * K + 8), float(reads + B * N * (1 + W) * e)
-    D = triton.cdiv(C, _launch_config(C, dtype, input_precision, True, W, K, fg_l1)[2])
+    D = triton.cdiv(C, _launch_config(C, dtype, input_precision, gpu=True)[2])  # BLOCK_D: C and dtype only
     kernels = 1 if intra else 2  # the intra rows kernel does both pair terms from one ŝ tile
     flops = kernels * (2.0 * D + 2) * B * N * M * C + 2.0 * D * B * N * M * W * (3 * K + 10)
     return flops, float(reads + B * N * (1 + W) * e + B * (N + M) * C * e)
