@@ -160,7 +160,9 @@ def _tile_sweep(case, log, device, bench=_do_bench):
     for label, tile in [("launcher", None), *TILE_ALTERNATIVES.items()]:
         def config(*args, tile=tile, **kwargs):
             tiles, block_c, block_d = real(*args, **kwargs)
-            return (tiles if tile is None else dict.fromkeys(tiles, tile)), block_c, block_d
+            if tile is not None:
+                tiles = {**tiles, **tile} if isinstance(tile, dict) else dict.fromkeys(tiles, tile)
+            return tiles, block_c, block_d
 
         pdcr._launch_config = config
         try:

@@ -12,7 +12,8 @@ rows count what csrc/cuda/pdcr_kernels.cu and supcon_kernels.cu state in their h
 registers and static shared memory from `nvcc -arch=sm_90 -Xptxas -v` (plus the tensor-core
 backward's dynamic accumulator, csrc/cuda/block_tiles.cuh).
 
-    .venv/bin/python benchmarks/roofline.py    # -> benchmarks/results/roofline.md (compiles for sm_90, ~1 min)
+    .venv/bin/python benchmarks/roofline.py    # -> benchmarks/results/roofline.md (compiles for sm_90, ~10 min)
+    .venv/bin/python benchmarks/roofline.py --probe probe.json   # from a saved probe run instead
 
 Peak figures (NVIDIA H200 SXM datasheet and the Hopper tuning guide; dense, no sparsity): bf16
 tensor cores 989 TFLOP/s, tf32 494 TFLOP/s, fp32 FMA 67 TFLOP/s, HBM3e 4.8 TB/s; exp: MUFU.EX2 at
@@ -54,10 +55,14 @@ def _probe(families: str) -> list[dict]:
 
 
 def _registers(compiled, kernel, **constexprs):
-    for c in compiled:
-        if c["kernel"] == kernel and all(c["constexprs"].get(k) == str(v) for k, v in constexprs.items()):
-            return c["registers"], c["shared"], c["options"].get("num_warps", 4)
-    return None
+    """ptxas figures of the launch with these constexprs at sizes that are multiples of 16 (the table's
+    are): Triton compiles the other divisibility variants apart, with other register counts."""
+    found = [c for c in compiled
+             if c["kernel"] == kernel and all(c["constexprs"].get(k) == str(v) for k, v in constexprs.items())]
+    if not found:
+        return None
+    c = max(found, key=lambda c: len(c.get("divisible_by_16", [])))
+    return c["registers"], c["shared"], c["options"].get("num_warps", 4)
 
 
 CUDA_PREC = {"ieee": 0, "tf32": 1, "bf16": 2}
@@ -127,12 +132,19 @@ def _cuda_rows(N: int, C: int, W: int, K: int) -> list:
     return rows
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
     import torch
 
     from kernels import pdcr, supcon
 
-    compiled = _probe("pdcr,supcon")
+    parser = argparse.ArgumentParser(description="Estimated GPU roofline (not a measurement)")
+    parser.add_argument("--probe", type=pathlib.Path, default=None,
+                        help="read the sm_90 compiles from this saved output of tests/triton_sm90_probe.py "
+                             "(with the pdcr and supcon families) instead of compiling them again")
+    args = parser.parse_args(argv)
+    compiled = json.loads(args.probe.read_text())["compiled"] if args.probe else _probe("pdcr,supcon")
     rows = []
     N, C, W, K = 16384, 128, 3, 4
     for prec in ("ieee", "tf32", "bf16"):
@@ -155,11 +167,11 @@ def main() -> int:
     for prec in ("ieee", "tf32", "bf16"):
         for backward in (False, True):
             flops, nbytes = supcon.work(1, N, C, torch.float32, backward=backward, input_precision=prec)
-            exps = (2 if backward else 1) * N * N * (1 if not backward else -(-C // supcon._launch_config(
-                N, C, torch.float32, prec)["BLOCK_D"]))
-            cfg = supcon._launch_config(N, C, torch.float32, prec)
+            cfg = supcon._launch_config(N, C, torch.float32, prec, backward=backward)
+            exps = (2 if backward else 1) * N * N * (1 if not backward else -(-C // cfg["BLOCK_D"]))
             kernel = "_cos_lse_bwd_kernel" if backward else "_cos_lse_fwd_kernel"
-            found = _registers(compiled, kernel, BLOCK_M=cfg["BLOCK_M"], BLOCK_C=cfg["BLOCK_C"], INPUT_PRECISION=prec)
+            found = _registers(compiled, kernel, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_C=cfg["BLOCK_C"],
+                               INPUT_PRECISION=prec)
             # the SupCon epilogue: about 3 FP32 operations per exp (shift, select, sum)
             rows.append(("soft SupCon cos_lse", "bwd" if backward else "fwd", prec, f"N={N}, C={C}",
                          flops, 3.0 * exps, exps, nbytes, found))
@@ -172,8 +184,9 @@ def main() -> int:
         "/ FP32 peak, exps / SFU rate, bytes / HBM bandwidth. `dot share` = dot time at peak / bound: the most of "
         "the matrix-product peak this schedule could reach. The backward recomputes the similarity "
         "(FlashAttention-2 style), once per output-channel chunk D (Triton). The Triton tf32/bf16 PDCR "
-        "kernels hold 64-row tiles in 8 warps (wgmma; one block per SM at these registers), IEEE ones 16-32-row "
-        "tiles in 4. The model counts operations, not tile shape: what a larger tile buys in operand reuse and "
+        "kernels hold 64-row tiles in 8 warps (wgmma; one block per SM at these registers) but for the "
+        "intra-layer backward at W > 2, which takes 16-row tiles in 4 (mma.sync; 64 rows spilled there); IEEE "
+        "ones 16-32-row tiles in 4. The SupCon backward sweeps 32 columns per 64-row tile. The model counts operations, not tile shape: what a larger tile buys in operand reuse and "
         "what one block per SM costs in latency hiding only a GPU run shows. The CUDA C++ rows (32×32 tiles "
         "of 128 threads, WMMA for tf32/bf16) count their G·f product as dot FLOPs, as it runs on the tensor "
         "cores too.",

@@ -453,11 +453,14 @@ def _d_pad(D: int) -> int:
 
 
 def _affinity_config(gpu: bool, dtype: torch.dtype, backward: bool) -> dict:
-    """GPU tiles chosen by compiling for sm_90 (ptxas -v): no spills at any D ≤ 64 and dtype."""
+    """GPU tiles chosen by compiling for sm_90 (ptxas -v): no spills at any D ≤ 64 and dtype, D a
+    multiple of 16 and not (Triton compiles the two apart)."""
     if not gpu:
         return dict(BLOCK_N=32, BLOCK_M=32, num_warps=4, num_stages=1)
-    if backward:  # 32×32 spills at L1 (fp32 D ≤ 16, fp64 D ≤ 64)
-        return dict(BLOCK_N=32, BLOCK_M=16, num_warps=4, num_stages=1)
+    if backward:  # 32×32 spills at L1 (fp32 D ≤ 16, fp64 D ≤ 64); 32×16 still 8 B at fp64 L1 D = 64,
+        # where 16×16 is clean (and spills 8 B at fp16/bf16 D = 64)
+        rows = 16 if dtype == torch.float64 else 32
+        return dict(BLOCK_N=rows, BLOCK_M=16, num_warps=4, num_stages=1)
     return dict(BLOCK_N=64, BLOCK_M=64, num_warps=8, num_stages=1)
 
 

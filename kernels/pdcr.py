@@ -65,12 +65,11 @@ as the feature dtype so that Triton can lower the fp64 dots (see _mask).
 GPU tile sizes (_launch_config) come from compiling every configuration for sm_90 with `ptxas -v`
 (tests/test_triton_sm90.py: ≤ 227 KB shared memory, no spills): tf32/bf16 hold 64-row tiles
 (one warpgroup's wgmma M) in 8 warps, sweeping 32 columns forward and 16 backward; the backward
-drops to 16-row tiles at whole rows when W·(K + 1) > 15 (they spill there); IEEE fp32 (FMA) keeps
-16-32-row tiles. Known gap: the probe's cases compile N = 256 only, and its dedup key ignores
-Triton's divisible-by-16 specialisation of the integer arguments; an ad-hoc compile with N (or C)
-no multiple of 16 found 4-32 B of spills in the whole-row intra backward (64 rows, W = 3, K = 4 and
-W = 4, K = 2) and in the chunked IEEE backward (16 rows, 8 warps), not yet fixed. No GPU run has
-been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
+drops to 16-row tiles at whole rows when W·(K + 1) > 15, and the intra-layer backward when W > 2
+(they spill there); IEEE fp32 (FMA) keeps 16-32-row tiles. Triton specialises integer arguments
+divisible by 16 and ptxas allots registers to the two variants differently: the probe compiles
+every launch both ways (N, M, C multiples of 16 and not), with C = 120 for padded whole rows.
+No GPU run has been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
 """
 from __future__ import annotations
 
@@ -361,8 +360,12 @@ KERNEL_ROLES = ("fwd", "rows", "cols", "intra")
 # The tensor-core backward keeps 64-row tiles at whole rows (C ≤ 128) while W · (K + 1), each
 # window's class terms (K − 1 with fg_l1) plus its own statistics, is at most this; above, they spill
 # and take 16 rows (ptxas -v, sm_90: W = 4, K = 8 spilled 8-800 B in every 64-row shape tried; the
-# intra kernel 8-20 B at W = 4, K = 3, none at W = 3, K = 4). Chunked C holds 64 rows at any W, K.
+# intra kernel 8-20 B at W = 4, K = 3). Chunked C holds 64 rows at any W, K.
 TC_BWD_WINDOW_TERMS = 15
+# ...and the intra-layer backward (row and column terms in one kernel) to this many windows: 64 x 16
+# was clean at W = 1, K = 8 and W = 2, K = 6, spilled at W = 3, K = 4 and W = 4, K = 2 (N no multiple
+# of 16), where 16 x 16 in 4 warps is clean.
+TC_INTRA_MAX_WINDOWS = 2
 
 
 def _launch_config(C, dtype, input_precision="ieee", gpu=True, W=1, K=1, fg_l1=False, block=None, block_c=None,
@@ -385,23 +388,28 @@ def _launch_config(C, dtype, input_precision="ieee", gpu=True, W=1, K=1, fg_l1=F
         chunk = (pow2, pow2) if whole else (32, 64)
     elif input_precision == "ieee":
         # FMA dots: 32-row tiles spill from C = 64 on, and 64-row ones (any sweep, 8 warps) at C = 128;
-        # chunked, every 4-warp (and 2-warp) choice of BLOCK_C, BLOCK_D in {16, 32} spilled 4-16 B in
-        # some kernel, 8 warps on 32/32 none (ptxas -v, sm_90); the intra-layer backward's column terms
-        # spill 32-row tiles at C ≤ 32 too
+        # the intra-layer backward's column terms spill 32-row tiles at C ≤ 32 too. Chunked: every
+        # 4-warp (and 2-warp) choice of BLOCK_C, BLOCK_D in {16, 32} spilled 4-16 B in some kernel;
+        # 8 warps on 16 x 16 tiles with BLOCK_C = BLOCK_D = 32 spilled 8-16 B once N is no multiple of
+        # 16; BLOCK_C = 16 with a 16 x 16 forward and 32 x 16 backward tiles (BLOCK_D = 32) none
+        # (ptxas -v, sm_90, both divisibility variants)
         if whole:
             held = 32 if pow2 <= 32 else 16
             tiles = {**dict.fromkeys(KERNEL_ROLES, (held, held, 4)), "intra": (16, 16, 4)}
             chunk = (pow2, pow2)
         else:
-            tiles = dict.fromkeys(KERNEL_ROLES, (16, 16, 8))
-            chunk = (32, 32)
+            tiles = {"fwd": (16, 16, 8), "rows": (32, 16, 8), "cols": (32, 16, 8), "intra": (32, 16, 8)}
+            chunk = (16, 32)
     else:
         # tf32/bf16 (wgmma at sm_90): the forward holds 64 rows and sweeps 32 at every C, W, K; the
         # backward sweeps 16 (64 x 32 spilled 4-48 B in the column and intra kernels), in 8 warps (4
-        # spilled at chunked C); chunked, BLOCK_C/BLOCK_D 64/128 spilled 24-48 B, 32/64 none
+        # spilled at chunked C); chunked, BLOCK_C/BLOCK_D 64/128 spilled 24-48 B, 32/64 none. The
+        # intra kernel at whole rows keeps 64 rows only to TC_INTRA_MAX_WINDOWS (at W = 3, K = 4 and
+        # W = 4, K = 2 it spilled 4-32 B with N no multiple of 16; no one tile was clean everywhere)
         terms = W * ((K - 1 if fg_l1 else K) + 1)
         bwd = (64, 16, 8) if (not whole or terms <= TC_BWD_WINDOW_TERMS) else (16, 16, 4)
-        tiles = {"fwd": (64, 32, 8), "rows": bwd, "cols": bwd, "intra": bwd}
+        intra = bwd if (not whole or W <= TC_INTRA_MAX_WINDOWS) else (16, 16, 4)
+        tiles = {"fwd": (64, 32, 8), "rows": bwd, "cols": bwd, "intra": intra}
         chunk = (pow2, pow2) if whole else (32, 64)
     if block is not None:
         held, swept = (block, block) if isinstance(block, int) else block

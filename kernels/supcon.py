@@ -34,7 +34,9 @@ gradients; "bf16" 1e-3 and 2e-2 (measured at most 3e-4 and 4.3e-3 at τ ≥ 0.07
 with operands rounded as tensor cores round them). The interpreter ignores "tf32" and refuses "bf16".
 NaN in a row's logits makes its lse NaN (an explicit flag, since tl.max's NaN handling is unspecified).
 GPU tile sizes come from compiling every configuration for sm_90 (tests/test_triton_sm90.py):
-≤ 227 KB shared memory and no spills at every C ≤ 1024 and dtype; no GPU run has been made yet.
+≤ 227 KB shared memory and no spills at every C ≤ 1024 and dtype, with N and C multiples of 16 and
+not (Triton compiles the two apart); the backward sweeps column tiles half as wide as its 64-row
+tiles (_launch_config). No GPU run has been made yet.
 Must match ``affseg.reference.soft_supcon_loss`` through ``affseg.soft_supcon_loss``.
 """
 from __future__ import annotations
@@ -134,13 +136,14 @@ def _cos_lse_bwd_kernel(f_ptr, valid_ptr, grad_ptr, lse_ptr, out_ptr, N, C, inv_
              mask=r_mask[:, None] & d_mask[None, :])
 
 
-def _launch_config(N: int, C: int, dtype: torch.dtype, input_precision: str = "ieee", gpu: bool = True) -> dict:
-    """Tile sizes and launch options for one call.
+def _launch_config(N: int, C: int, dtype: torch.dtype, input_precision: str = "ieee", gpu: bool = True,
+                   backward: bool = False) -> dict:
+    """Tile sizes and launch options for one call (of the backward kernel with backward=True).
 
-    GPU: chosen by compiling for sm_90 (tests/test_triton_sm90.py checks every C ≤ 1024 and dtype):
-    the channel chunk BLOCK_C bounds the operand buffers (shared memory), BLOCK_D the backward's
-    accumulator (registers). Interpreter: large tiles (its cost is per tile step), still chunked
-    below C = 1024 so that the chunk loops run in the CPU tests."""
+    GPU: chosen by compiling for sm_90 (tests/test_triton_sm90.py checks every C ≤ 1024 and dtype,
+    with N and C multiples of 16 and not): the channel chunk BLOCK_C bounds the operand buffers
+    (shared memory), BLOCK_D the backward's accumulator (registers). Interpreter: large tiles (its
+    cost is per tile step), still chunked below C = 1024 so that the chunk loops run in the CPU tests."""
     pow2 = max(16, triton.next_power_of_2(C))
     block = 32 if N <= 32 else 64
     warps = 4 if block == 32 else 8  # 8 warps on a 32-row tile replicate it and cap registers at 64
@@ -150,11 +153,24 @@ def _launch_config(N: int, C: int, dtype: torch.dtype, input_precision: str = "i
     if dtype == torch.float64:
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
                     num_warps=4, num_stages=2)
+    # The backward holds a BLOCK_M x BLOCK_D accumulator next to the s tile: with square tiles it
+    # spilled 4-96 B once N or C was no multiple of 16 (ptxas -v, sm_90: ieee 64 x 64 and 32 x 32,
+    # tf32/bf16 64 x 64 at BLOCK_D 64 and 128, and 32 x 32 at BLOCK_C 64). It sweeps half as many
+    # columns instead, which was clean in both variants at every C; tf32/bf16 at N ≤ 32 (one tile)
+    # take BLOCK_D = 32, as 32 x 16 still spilled there.
     if input_precision == "ieee":  # FMA dots: both operands pass through registers; tf32 and bf16 below
-        return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
-                    num_warps=warps, num_stages=2)
-    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 64), BLOCK_D=min(pow2, 128),
-                num_warps=warps, num_stages=2 if block == 32 else 3)  # 3 stages at 32 rows: ptxas spills
+        cfg = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
+                   num_warps=warps, num_stages=2)
+        if backward:
+            cfg["BLOCK_N"] = block // 2
+        return cfg
+    cfg = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 64), BLOCK_D=min(pow2, 128),
+               num_warps=warps, num_stages=2 if block == 32 else 3)  # 3 stages at 32 rows: ptxas spills
+    if backward and block == 64:
+        cfg.update(BLOCK_N=32, num_stages=2)
+    elif backward:
+        cfg.update(BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 32))
+    return cfg
 
 
 def _mask(valid, f):
@@ -164,13 +180,13 @@ def _mask(valid, f):
     return valid.contiguous().to(f.dtype)
 
 
-def _setup(f, inv_tau, input_precision):
+def _setup(f, inv_tau, input_precision, backward=False):
     B, N, C = f.shape
     if C > LIMITS["channels"] or f.dtype not in KERNEL_DTYPES:
         raise ValueError(f"the Triton cos_lse kernels take C <= {LIMITS['channels']} channels of "
                          f"{KERNEL_DTYPES}, got C={C} of {f.dtype}")
     input_precision = input_precision_for("the Triton cos_lse kernels", input_precision, f)
-    cfg = _launch_config(N, C, f.dtype, input_precision, on_gpu(f))
+    cfg = _launch_config(N, C, f.dtype, input_precision, on_gpu(f), backward)
     cfg["INPUT_PRECISION"] = input_precision
     return B, N, C, cfg, scalar(inv_tau, f)
 
@@ -194,7 +210,7 @@ def cos_lse_bwd(grad_lse: torch.Tensor, f: torch.Tensor, valid: torch.Tensor, ls
                 input_precision: str = "ieee") -> torch.Tensor:
     """grad f (B, N, C) of Σ_i grad_lse_i · lse_i, recomputing the logits tile by tile."""
     f = f.contiguous()
-    B, N, C, cfg, inv_tau_t = _setup(f, inv_tau, input_precision)
+    B, N, C, cfg, inv_tau_t = _setup(f, inv_tau, input_precision, backward=True)
     out = torch.empty_like(f)
     if out.numel() == 0:
         return out.zero_()
@@ -213,5 +229,5 @@ def work(B: int, N: int, C: int, dtype: torch.dtype, backward: bool = False,
     e = torch.empty((), dtype=dtype).element_size()
     if not backward:
         return 2.0 * B * N * N * C, float(B * N * (C * e + 1 + e))
-    D = triton.cdiv(C, _launch_config(N, C, dtype, input_precision, gpu=True)["BLOCK_D"])
+    D = triton.cdiv(C, _launch_config(N, C, dtype, input_precision, gpu=True, backward=True)["BLOCK_D"])
     return (2.0 * D + 2.0) * B * N * N * C, float(B * N * (2 * C * e + 1 + 2 * e))

@@ -88,7 +88,7 @@ def test_tile_sweep_runs_each_tile_choice_and_restores_the_launcher(tmp_path, mo
         return out
 
     monkeypatch.setattr(pdcr, "_launch_setup", recording_setup)
-    monkeypatch.setattr(gpu_check, "TILE_ALTERNATIVES", {"32x16": (32, 16, 4)})
+    monkeypatch.setattr(gpu_check, "TILE_ALTERNATIVES", {"32x16": (32, 16, 4), "intra 16x32": {"intra": (16, 32, 4)}})
     case = Case("pdcr_loss_from_ratios", "B=1 N=40 C=8 W=2 K=3", dict(B=1, N=40, C=8, W=2, K=3),
                 backends=("triton",), bmm=True)
     note = gpu_check._tile_sweep(case, gpu_check.Log(tmp_path / "log"), "cpu", bench=lambda step: (step(), 1.0)[1])
@@ -97,3 +97,6 @@ def test_tile_sweep_runs_each_tile_choice_and_restores_the_launcher(tmp_path, mo
     # the interpreter's own tiles are square 64s; the alternative's fwd and intra bwd ran at 32 x 16
     assert any(s["fwd"] == (64, 64, 4) for s in seen)
     assert any(s["fwd"] == (32, 16, 4) for s in seen) and any(s["intra"] == (32, 16, 4) for s in seen)
+    # a {role: tile} alternative replaces that role only
+    assert "intra 16x32: fwd 1.000 ms, fwd+bwd 1.000 ms" in note
+    assert any(s["intra"] == (16, 32, 4) and s["fwd"] == (64, 64, 4) for s in seen)

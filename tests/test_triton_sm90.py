@@ -42,7 +42,8 @@ def probe():
 def _fmt(c):
     consts = ", ".join(f"{k}={v}" for k, v in c["constexprs"].items() if not k.startswith(("SWAPPED", "FG_L1", "EXCLUDE")))
     ptrs = next((v for k, v in c["signature"].items() if v.startswith("*f") or v.startswith("*bf")), "?")
-    return f"{c['kernel']}[{ptrs}; {consts}; {c['options']}]"
+    ints = ",".join(c.get("divisible_by_16", [])) or "none"
+    return f"{c['kernel']}[{ptrs}; {consts}; {c['options']}; ints divisible by 16: {ints}]"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -55,27 +55,31 @@ def pdcr(mod, torch):
     meta = dict(device="meta")
     lim = mod.GPU_LIMITS  # what a compiled launch takes (float64 goes to CUDA C++ on a GPU)
 
-    def call(dtype, C, W, K, prec, swapped=False, fg_l1=False, exclude_self=True, B=2, N=256, M=256):
-        fa = torch.empty(B, N, C, dtype=dtype, **meta)
-        fb = torch.empty(B, M, C, dtype=dtype, **meta)
-        pa = torch.empty(B, W, N, K, dtype=dtype, **meta)
-        pb = torch.empty(B, W, M, K, dtype=dtype, **meta)
-        va = torch.empty(B, N, dtype=torch.bool, **meta)
-        vb = torch.empty(B, M, dtype=torch.bool, **meta)
-        opts = dict(inv_tau=10.0, swapped=swapped, fg_l1=fg_l1, exclude_self=exclude_self, input_precision=prec)
-        loss, lse = mod.pdcr_fwd(fa, pa, fb, pb, va, vb, **opts)
-        mod.pdcr_bwd(torch.empty_like(loss), fa, pa, fb, pb, va, vb, lse, **opts)
-        if N == M:  # the intra-layer backward: the rows kernel with the column terms (INTRA)
-            mod.pdcr_intra_bwd(torch.empty_like(loss), fa, pa, va, lse, **opts)
+    def call(dtype, C, W, K, prec, swapped=False, fg_l1=False, exclude_self=True, B=2, sizes=((256, 256), (250, 250))):
+        """Each (N, M) of sizes: a multiple of 16 and not (the sampled point counts of real calls),
+        for Triton compiles the two apart (its divisibility specialisation)."""
+        for N, M in sizes:
+            fa = torch.empty(B, N, C, dtype=dtype, **meta)
+            fb = torch.empty(B, M, C, dtype=dtype, **meta)
+            pa = torch.empty(B, W, N, K, dtype=dtype, **meta)
+            pb = torch.empty(B, W, M, K, dtype=dtype, **meta)
+            va = torch.empty(B, N, dtype=torch.bool, **meta)
+            vb = torch.empty(B, M, dtype=torch.bool, **meta)
+            opts = dict(inv_tau=10.0, swapped=swapped, fg_l1=fg_l1, exclude_self=exclude_self, input_precision=prec)
+            loss, lse = mod.pdcr_fwd(fa, pa, fb, pb, va, vb, **opts)
+            mod.pdcr_bwd(torch.empty_like(loss), fa, pa, fb, pb, va, vb, lse, **opts)
+            if N == M:  # the intra-layer backward: the rows kernel with the column terms (INTRA)
+                mod.pdcr_intra_bwd(torch.empty_like(loss), fa, pa, va, lse, **opts)
 
     for dtype in _kernel_dtypes(mod, lim):
         precisions = mod.INPUT_PRECISIONS if dtype == torch.float32 else ("ieee",)
-        for C in _few(lim["channels"], 16):
+        # 120: whole rows padded (masked channels) and C not a multiple of 16
+        for C in sorted(set(_few(lim["channels"], 16)) | {120}):
             for prec in precisions:
                 yield f"{_name(dtype)}-C{C}-W3-K4-{prec}", lambda d=dtype, C=C, p=prec: call(d, C, 3, 4, p)
         # W and (on a GPU) K are unrolled: the largest ones at a whole-row and at the largest
         # (chunked) C are the register worst cases
-        for C in (128, lim["channels"]):
+        for C in (120, 128, lim["channels"]):
             for prec in precisions:
                 yield (f"{_name(dtype)}-C{C}-W{lim['windows']}-K{lim['classes']}-{prec}",
                        lambda d=dtype, C=C, p=prec: call(d, C, lim["windows"], lim["classes"], p,
@@ -85,14 +89,15 @@ def pdcr(mod, torch):
         # first K above it; chunked, at every W, K (the largest, all classes counted, here)
         if dtype == torch.float32:
             bound = mod.TC_BWD_WINDOW_TERMS
-            shapes = {(128, W, min(bound // W - 1, lim["classes"])) for W in range(1, lim["windows"] + 1)}
-            shapes |= {(128, lim["windows"], bound // lim["windows"]),
-                       (lim["channels"], lim["windows"], lim["classes"])}
+            shapes = {(C, W, min(bound // W - 1, lim["classes"])) for W in range(1, lim["windows"] + 1)
+                      for C in (120, 128)}
+            shapes |= {(C, lim["windows"], bound // lim["windows"]) for C in (120, 128)}
+            shapes.add((lim["channels"], lim["windows"], lim["classes"]))
             for C, W, K in sorted(shapes):
                 for prec in ("tf32", "bf16"):
                     yield (f"float32-C{C}-W{W}-K{K}-all-classes-{prec}",
                            lambda C=C, W=W, K=K, p=prec: call(torch.float32, C, W, K, p))
-    yield "float32-C64-B100000", lambda: call(torch.float32, 64, 1, 2, "ieee", B=100000, N=8, M=8)
+    yield "float32-C64-B100000", lambda: call(torch.float32, 64, 1, 2, "ieee", B=100000, sizes=((8, 8),))
 
 
 def entropy(mod, torch):

@@ -4,7 +4,8 @@ Run as a script (TRITON_INTERPRET must be unset: jit functions built under the i
 be compiled). Each launcher of kernels/*.py is called on *meta* tensors with its kernels swapped
 for recorders, so the signature, constexprs, num_warps/num_stages and grid come from the launcher
 itself, not from a copy of its logic here. Every distinct launch is compiled once with
-triton.compile for GPUTarget("cuda", 90, 32) and its PTX run through Triton's bundled ptxas -v.
+triton.compile for GPUTarget("cuda", 90, 32) and its PTX run through Triton's bundled ptxas -v;
+where an integer argument was divisible by 16, once more without that specialisation (_variants).
 Prints one JSON object: {"launches": [...], "compiled": [...]}.
 
 Usage: python tests/triton_sm90_probe.py [--families supcon,pdcr,...] [--jobs N]
@@ -106,9 +107,21 @@ def _describe(fn, args, kwargs):
     return signature, constexprs, attrs, options, floats
 
 
-def _key(name, signature, constexprs, options):
+def _key(name, signature, constexprs, attrs, options):
+    """Triton specialises integer arguments divisible by 16 (its attrs), and ptxas allots registers
+    differently to the two variants: they are distinct compiles."""
     const = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v) for k, v in constexprs.items()}
-    return json.dumps([name, signature, const, options], sort_keys=True, default=str)
+    divisible = sorted(i[0] for i in attrs)
+    return json.dumps([name, signature, const, divisible, options], sort_keys=True, default=str)
+
+
+def _variants(signature, attrs):
+    """The launch as recorded and, where some integer argument was divisible by 16, the same launch
+    with none of them so: what sizes that are not multiples of 16 give (the cases need not list an
+    odd size for every one)."""
+    ints = {(i,) for i, t in enumerate(signature.values()) if t in ("i32", "i64")}
+    general = {k: v for k, v in attrs.items() if k not in ints}
+    return [attrs] if general == attrs else [attrs, general]
 
 
 _PTXAS_RE = {
@@ -147,7 +160,8 @@ def _compile(job):
     module = __import__(f"kernels.{family}", fromlist=[name])
     fn = getattr(module, name)
     res = {"family": family, "kernel": name, "signature": signature,
-           "constexprs": {k: str(v) for k, v in constexprs.items()}, "options": options}
+           "constexprs": {k: str(v) for k, v in constexprs.items()}, "options": options,
+           "divisible_by_16": [list(signature)[i[0]] for i in attrs if signature[list(signature)[i[0]]][0] != "*"]}
     start = time.perf_counter()
     try:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
@@ -192,9 +206,12 @@ def main(argv=None):
             entry = {"family": family, "case": label, "error": error, "kernels": []}
             for name, fn, grid, a, kw in recorded:
                 signature, constexprs, attrs, options, floats = _describe(fn, a, kw)
-                key = _key(name, signature, constexprs, options)
-                jobs.setdefault(key, (family, name, signature, constexprs, attrs, options))
-                entry["kernels"].append({"kernel": name, "grid": list(grid), "python_floats": floats, "key": key})
+                keys = []
+                for variant in _variants(signature, attrs):
+                    key = _key(name, signature, constexprs, variant, options)
+                    jobs.setdefault(key, (family, name, signature, constexprs, variant, options))
+                    keys.append(key)
+                entry["kernels"].append({"kernel": name, "grid": list(grid), "python_floats": floats, "keys": keys})
             launches.append(entry)
 
     keys = list(jobs)
