@@ -54,15 +54,18 @@ def _probe(families: str) -> list[dict]:
     return json.loads(out.stdout)["compiled"]
 
 
-def _registers(compiled, kernel, **constexprs):
-    """ptxas figures of the launch with these constexprs at sizes that are multiples of 16 (the table's
-    are): Triton compiles the other divisibility variants apart, with other register counts."""
-    found = [c for c in compiled
-             if c["kernel"] == kernel and all(c["constexprs"].get(k) == str(v) for k, v in constexprs.items())]
-    if not found:
-        return None
-    c = max(found, key=lambda c: len(c.get("divisible_by_16", [])))
-    return c["registers"], c["shared"], c["options"].get("num_warps", 4)
+def _registers(compiled, kernel, sizes, **constexprs):
+    """ptxas figures of the launch with these constexprs, compiled as Triton would specialise it at
+    the table's sizes ({argument: value} of N, M, C, CHUNKS): the size arguments divisible by 16 there
+    carry the divisibility attribute, those equal to 1 are constexprs, and the other variants compile
+    to other register counts. None when the probe compiled no such launch."""
+    divisible = {n for n, v in sizes.items() if v % 16 == 0}
+    ones = {n for n, v in sizes.items() if v == 1}
+    for c in compiled:
+        if (c["kernel"] == kernel and all(c["constexprs"].get(k) == str(v) for k, v in constexprs.items())
+                and set(c.get("divisible_by_16", [])) & set(sizes) == divisible and set(c.get("ones", [])) & set(sizes) == ones):
+            return c["registers"], c["shared"], c["options"].get("num_warps", 4)
+    return None
 
 
 CUDA_PREC = {"ieee": 0, "tf32": 1, "bf16": 2}
@@ -158,9 +161,10 @@ def main(argv=None) -> int:
             dot_flops = ((1 if intra else 2) * (2.0 * D + 2) if backward else 2.0) * N * N * C
             exps = (2 * D if backward else 1) * N * N * W
             kernel = "_pdcr_bwd_rows_kernel" if backward else "_pdcr_fwd_kernel"
-            extra = {"INTRA": intra} if backward else {}
-            found = _registers(compiled, kernel, BLOCK_N=held, BLOCK_M=swept, BLOCK_C=block_c, INPUT_PRECISION=prec,
-                               W=W, **extra)
+            extra = {"INTRA": intra, "BLOCK_D": block_d} if backward else {}
+            sizes = dict(N=N, M=N, C=C, **({"CHUNKS": D} if backward else {}))
+            found = _registers(compiled, kernel, sizes, BLOCK_N=held, BLOCK_M=swept, BLOCK_C=block_c,
+                               INPUT_PRECISION=prec, W=W, K_UNROLL=K, **extra)
             rows.append(("pdcr", mode, prec, f"N={N}, C={C}, W={W}, K={K}",
                          dot_flops, flops - dot_flops, exps, nbytes, found))
     N = 16384
@@ -170,11 +174,16 @@ def main(argv=None) -> int:
             cfg = supcon._launch_config(N, C, torch.float32, prec, backward=backward)
             exps = (2 if backward else 1) * N * N * (1 if not backward else -(-C // cfg["BLOCK_D"]))
             kernel = "_cos_lse_bwd_kernel" if backward else "_cos_lse_fwd_kernel"
-            found = _registers(compiled, kernel, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_C=cfg["BLOCK_C"],
-                               INPUT_PRECISION=prec)
+            extra = {"BLOCK_D": cfg["BLOCK_D"]} if backward else {}
+            sizes = dict(N=N, C=C, **({"CHUNKS": -(-C // cfg["BLOCK_D"])} if backward else {}))
+            found = _registers(compiled, kernel, sizes, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                               BLOCK_C=cfg["BLOCK_C"], INPUT_PRECISION=prec, **extra)
             # the SupCon epilogue: about 3 FP32 operations per exp (shift, select, sum)
             rows.append(("soft SupCon cos_lse", "bwd" if backward else "fwd", prec, f"N={N}, C={C}",
                          flops, 3.0 * exps, exps, nbytes, found))
+    missing = [f"{op} {mode} {prec}" for op, mode, prec, *_, found in rows if found is None]
+    if missing:  # a row without its ptxas figures would be an estimate of nothing
+        raise SystemExit("the probe compiled no launch matching these rows' configuration: " + ", ".join(missing))
     rows += _cuda_rows(16384, C, W, K)
     lines = [
         "## Estimated GPU roofline (H200, not measured)",
@@ -184,9 +193,10 @@ def main(argv=None) -> int:
         "/ FP32 peak, exps / SFU rate, bytes / HBM bandwidth. `dot share` = dot time at peak / bound: the most of "
         "the matrix-product peak this schedule could reach. The backward recomputes the similarity "
         "(FlashAttention-2 style), once per output-channel chunk D (Triton). The Triton tf32/bf16 PDCR "
-        "kernels hold 64-row tiles in 8 warps (wgmma; one block per SM at these registers) but for the "
-        "intra-layer backward at W > 2, which takes 16-row tiles in 4 (mma.sync; 64 rows spilled there); IEEE "
-        "ones 16-32-row tiles in 4. The SupCon backward sweeps 32 columns per 64-row tile. The model counts operations, not tile shape: what a larger tile buys in operand reuse and "
+        "kernels hold 64-row tiles in 8 warps (wgmma; one block per SM at these registers) but at whole rows "
+        "(C ≤ 128) for the backward at W·(K + 1) > 15 and the intra-layer backward at W > 2, which take "
+        "16-row tiles (mma.sync; 64 rows spilled there); IEEE ones 16-32-row tiles in 4 warps (8 at C > 128). "
+        "The SupCon backward sweeps 32 columns per 64-row tile. The model counts operations, not tile shape: what a larger tile buys in operand reuse and "
         "what one block per SM costs in latency hiding only a GPU run shows. The CUDA C++ rows (32×32 tiles "
         "of 128 threads, WMMA for tf32/bf16) count their G·f product as dot FLOPs, as it runs on the tensor "
         "cores too.",

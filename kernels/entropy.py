@@ -55,7 +55,7 @@ def _patch_entropy_kernel(
     ny = tl.minimum(p1, S1 - y0)
     nx = tl.minimum(p2, S2 - x0)
     n = nz * ny * nx
-    N = S0.to(tl.int64) * S1 * S2
+    N = tl.cast(S0, tl.int64) * S1 * S2  # not S0.to(): Triton passes a size equal to 1 as a Python int
 
     ks = tl.arange(0, K_POW2)
     k_ok = ks < K
@@ -116,9 +116,13 @@ def _launch_config(num_classes: int, pixels_per_tile: int, block: int = 256) -> 
     """BLOCK (pixels per step) and num_warps: the [K_POW2, BLOCK] tiles hold ~8 live values per
     element, so BLOCK shrinks as K grows to keep every thread's share in registers (sm_90, ptxas)."""
     k_pow2 = triton.next_power_of_2(num_classes)
-    cap = max(32, 2048 // k_pow2)  # 4096-element tiles spill at K = 32 and 64 (fp64 worst)
-    tile = k_pow2 * max(32, min(block, cap, triton.next_power_of_2(pixels_per_tile)))
-    return dict(BLOCK=tile // k_pow2, num_warps=8 if tile >= 2048 else 4)
+    if k_pow2 >= 64:
+        # 64 x 32 tiles spilled 12 B (fp16/bf16 in 8 warps, 2-D images: S0 = 1 folded in) or 124 B
+        # (fp64 in 4 warps); 64 x 16 in 4 warps was clean in every variant
+        pixels = 16
+    else:  # 4096-element tiles spill at K = 32 (fp64 worst)
+        pixels = max(32, min(block, max(32, 2048 // k_pow2), triton.next_power_of_2(pixels_per_tile)))
+    return dict(BLOCK=pixels, num_warps=8 if k_pow2 * pixels >= 2048 else 4)
 
 
 def patch_entropy(logits: torch.Tensor, patch_size, shannon: bool, class_mask, block: int = 256):

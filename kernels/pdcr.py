@@ -67,8 +67,9 @@ GPU tile sizes (_launch_config) come from compiling every configuration for sm_9
 (one warpgroup's wgmma M) in 8 warps, sweeping 32 columns forward and 16 backward; the backward
 drops to 16-row tiles at whole rows when W·(K + 1) > 15, and the intra-layer backward when W > 2
 (they spill there); IEEE fp32 (FMA) keeps 16-32-row tiles. Triton specialises integer arguments
-divisible by 16 and ptxas allots registers to the two variants differently: the probe compiles
-every launch both ways (N, M, C multiples of 16 and not), with C = 120 for padded whole rows.
+equal to 1 (constexprs) and divisible by 16, and ptxas allots registers to the variants
+differently: the probe compiles every launch both as called and with neither specialisation
+(N, M, C multiples of 16 and not), with C = 120 for padded whole rows.
 No GPU run has been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
 """
 from __future__ import annotations
@@ -407,8 +408,11 @@ def _launch_config(C, dtype, input_precision="ieee", gpu=True, W=1, K=1, fg_l1=F
         # intra kernel at whole rows keeps 64 rows only to TC_INTRA_MAX_WINDOWS (at W = 3, K = 4 and
         # W = 4, K = 2 it spilled 4-32 B with N no multiple of 16; no one tile was clean everywhere)
         terms = W * ((K - 1 if fg_l1 else K) + 1)
-        bwd = (64, 16, 8) if (not whole or terms <= TC_BWD_WINDOW_TERMS) else (16, 16, 4)
-        intra = bwd if (not whole or W <= TC_INTRA_MAX_WINDOWS) else (16, 16, 4)
+        held = not whole or terms <= TC_BWD_WINDOW_TERMS
+        # the 16-row fallback: 4 warps spilled 4 B in the column kernel at W = 4, K = 8 (N no multiple
+        # of 16), 8 warps were clean; the intra kernel's stays at 4 warps, clean there
+        bwd = (64, 16, 8) if held else (16, 16, 8)
+        intra = (64, 16, 8) if held and (not whole or W <= TC_INTRA_MAX_WINDOWS) else (16, 16, 4)
         tiles = {"fwd": (64, 32, 8), "rows": bwd, "cols": bwd, "intra": intra}
         chunk = (pow2, pow2) if whole else (32, 64)
     if block is not None:

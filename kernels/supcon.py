@@ -154,22 +154,24 @@ def _launch_config(N: int, C: int, dtype: torch.dtype, input_precision: str = "i
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
                     num_warps=4, num_stages=2)
     # The backward holds a BLOCK_M x BLOCK_D accumulator next to the s tile: with square tiles it
-    # spilled 4-96 B once N or C was no multiple of 16 (ptxas -v, sm_90: ieee 64 x 64 and 32 x 32,
-    # tf32/bf16 64 x 64 at BLOCK_D 64 and 128, and 32 x 32 at BLOCK_C 64). It sweeps half as many
-    # columns instead, which was clean in both variants at every C; tf32/bf16 at N ≤ 32 (one tile)
-    # take BLOCK_D = 32, as 32 x 16 still spilled there.
+    # spilled 4-96 B once N or C was no multiple of 16 (ptxas -v, sm_90: ieee 64 x 64, tf32/bf16
+    # 64 x 64 at BLOCK_D 64 and 128); sweeping half as many columns was clean at every C in every
+    # variant. At N ≤ 32 (one tile, which Triton compiles with TILES = 1 folded in) the 32-row tiles
+    # spilled 4-44 B in both kernels at the channel chunks of the 64-row ones (ieee 32, tf32/bf16 64)
+    # and the backward's BLOCK_D 64; half those chunks and BLOCK_D = 32 were clean.
+    small = block == 32
     if input_precision == "ieee":  # FMA dots: both operands pass through registers; tf32 and bf16 below
-        cfg = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
+        cfg = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 16 if small else 32), BLOCK_D=min(pow2, 64),
                    num_warps=warps, num_stages=2)
         if backward:
-            cfg["BLOCK_N"] = block // 2
+            cfg.update(BLOCK_N=block // 2, BLOCK_D=min(pow2, 32 if small else 64))
         return cfg
-    cfg = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 64), BLOCK_D=min(pow2, 128),
-               num_warps=warps, num_stages=2 if block == 32 else 3)  # 3 stages at 32 rows: ptxas spills
-    if backward and block == 64:
-        cfg.update(BLOCK_N=32, num_stages=2)
+    cfg = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 32 if small else 64), BLOCK_D=min(pow2, 128),
+               num_warps=warps, num_stages=2 if small else 3)  # 3 stages at 32 rows: ptxas spills
+    if backward and small:
+        cfg["BLOCK_D"] = min(pow2, 32)
     elif backward:
-        cfg.update(BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 32))
+        cfg.update(BLOCK_N=32, num_stages=2)
     return cfg
 
 

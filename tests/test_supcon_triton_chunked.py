@@ -74,18 +74,20 @@ def test_triton_cos_lse_refuses_out_of_limit_channels():
         kernels.cos_lse_fwd(f, torch.ones(1, 4, dtype=torch.bool), 10.0)
 
 
-@pytest.mark.parametrize("N, C, precision", [(100, 120, "ieee"), (70, 600, "tf32"), (30, 40, "ieee"), (30, 100, "bf16")])
-def test_triton_cos_lse_gpu_tiles_match_the_oracle(monkeypatch, N, C, precision):
+@pytest.mark.parametrize("N, C, precision, tiles", [
+    (100, 120, "ieee", (64, 32, 32, 64)), (70, 600, "tf32", (64, 32, 64, 128)),
+    (30, 40, "ieee", (32, 16, 16, 32)), (30, 100, "bf16", (32, 32, 32, 32))])
+def test_triton_cos_lse_gpu_tiles_match_the_oracle(monkeypatch, N, C, precision, tiles):
     """The GPU's own tile choice, run in the interpreter: the backward's column tiles are half as wide as
-    its row tiles (64 x 32, 32 x 16), or its output chunks narrower (BLOCK_D = 32 at N ≤ 32), and N is
-    no multiple of either. The interpreter computes every precision in IEEE fp32; what is tested is the
-    tiling, the arithmetic of tf32/bf16 is test_triton_precision.py's."""
+    its row tiles (64 x 32, 32 x 16), or its channel chunks narrower (BLOCK_C, BLOCK_D = 32 at N ≤ 32
+    tf32/bf16), and N is no multiple of any. The interpreter computes every precision in IEEE fp32:
+    what is tested is the tiling (the arithmetic of tf32/bf16 is test_triton_precision.py's)."""
     real = kernels._launch_config
     seen = []
 
     def gpu_config(N, C, dtype, input_precision="ieee", gpu=True, backward=False):
         cfg = real(N, C, dtype, precision, True, backward)
-        seen.append((backward, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]))
+        seen.append((backward, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_C"], cfg["BLOCK_D"]))
         return cfg
 
     monkeypatch.setattr(kernels, "_launch_config", gpu_config)
@@ -96,7 +98,6 @@ def test_triton_cos_lse_gpu_tiles_match_the_oracle(monkeypatch, N, C, precision)
     want_lse, want_grad = _oracle(f, valid, 1 / 0.1, grad)
     lse = kernels.cos_lse_fwd(f, valid, 1 / 0.1)
     got_grad = kernels.cos_lse_bwd(grad, f, valid, lse, 1 / 0.1)
-    bwd = [s for s in seen if s[0]]
-    assert bwd and (bwd[0][2] < bwd[0][1] or bwd[0][3] < C)
+    assert [s[1:] for s in seen if s[0]] == [tiles]
     torch.testing.assert_close(lse.double(), want_lse, **TOL[torch.float32])
     torch.testing.assert_close(got_grad.double(), want_grad, **TOL[torch.float32])

@@ -108,7 +108,8 @@ def test_tensor_core_modes_compile_to_mma(probe, family, record_property):
 def test_pdcr_held_tile_statistics_stay_in_registers(probe):
     """Issue 10: φ (and the other per-item vectors) of the tile a PDCR program holds are loaded once,
     outside its sweep over the other tiles: no vector load of the held length inside a loop. Checked
-    where the held and swept lengths differ (the 64-row tensor-core tiles), as lengths tell them apart."""
+    where the held and swept lengths differ (the 64-row tensor-core tiles, the 32 x 16 IEEE chunked
+    backward), as lengths tell them apart."""
     checked, bad = 0, []
     for c in probe["compiled"]:
         if c["family"] != "pdcr" or "error" in c:

@@ -38,7 +38,7 @@ def supcon(mod, torch):
     for dtype in _kernel_dtypes(mod, mod.LIMITS):
         precisions = mod.INPUT_PRECISIONS if dtype == torch.float32 else ("ieee",)
         for C in _sizes(mod.LIMITS["channels"], 16):
-            for N in (32, 4096):
+            for N in (32, 250, 4096):  # one tile; N no multiple of 16 at C that is; many tiles
                 for prec in precisions:
                     def call(dtype=dtype, C=C, N=N, prec=prec):
                         f = torch.empty(2, N, C, dtype=dtype, **meta)

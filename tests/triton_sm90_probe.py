@@ -5,7 +5,8 @@ be compiled). Each launcher of kernels/*.py is called on *meta* tensors with its
 for recorders, so the signature, constexprs, num_warps/num_stages and grid come from the launcher
 itself, not from a copy of its logic here. Every distinct launch is compiled once with
 triton.compile for GPUTarget("cuda", 90, 32) and its PTX run through Triton's bundled ptxas -v;
-where an integer argument was divisible by 16, once more without that specialisation (_variants).
+where an integer argument was specialised (equal to 1, or divisible by 16, as Triton's launcher
+specialises them), once more without that specialisation (_variants).
 Prints one JSON object: {"launches": [...], "compiled": [...]}.
 
 Usage: python tests/triton_sm90_probe.py [--families supcon,pdcr,...] [--jobs N]
@@ -71,7 +72,9 @@ def _launches_of(family: str):
 
 
 def _describe(fn, args, kwargs):
-    """(signature, constexprs, attrs, options, python_floats) of one recorded launch."""
+    """(signature, constexprs, attrs, options, python_floats) of one recorded launch, specialised as
+    Triton's launcher specialises it: an integer argument equal to 1 becomes a constexpr (its
+    native_specialize_impl), one divisible by 16 gets the divisibility attribute."""
     import torch
 
     names = fn.arg_names
@@ -96,8 +99,12 @@ def _describe(fn, args, kwargs):
         elif isinstance(v, bool):
             signature[name] = "i1"
         elif isinstance(v, int):
+            if v == 1 and not p.do_not_specialize:
+                signature[name] = "constexpr"
+                constexprs[name] = 1
+                continue
             signature[name] = "i32" if -2**31 <= v < 2**31 else "i64"
-            if v % 16 == 0:
+            if v % 16 == 0 and not p.do_not_specialize:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(v, float):
             signature[name] = "fp32"  # what the GPU launcher makes of a Python float
@@ -108,20 +115,25 @@ def _describe(fn, args, kwargs):
 
 
 def _key(name, signature, constexprs, attrs, options):
-    """Triton specialises integer arguments divisible by 16 (its attrs), and ptxas allots registers
-    differently to the two variants: they are distinct compiles."""
+    """Triton specialises integer arguments equal to 1 (constexprs) and divisible by 16 (attrs), and
+    ptxas allots registers differently to the variants: they are distinct compiles."""
     const = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v) for k, v in constexprs.items()}
     divisible = sorted(i[0] for i in attrs)
     return json.dumps([name, signature, const, divisible, options], sort_keys=True, default=str)
 
 
-def _variants(signature, attrs):
-    """The launch as recorded and, where some integer argument was divisible by 16, the same launch
-    with none of them so: what sizes that are not multiples of 16 give (the cases need not list an
-    odd size for every one)."""
+def _variants(fn, signature, constexprs, attrs):
+    """[(signature, constexprs, attrs)]: the launch as recorded and, where some integer argument was
+    specialised (equal to 1, or divisible by 16), the same launch with none of them so: what other
+    sizes, not multiples of 16, give (the cases need not list an odd size for every argument)."""
+    ones = [n for n, p in zip(fn.arg_names, fn.params) if not p.is_constexpr and signature[n] == "constexpr"]
     ints = {(i,) for i, t in enumerate(signature.values()) if t in ("i32", "i64")}
     general = {k: v for k, v in attrs.items() if k not in ints}
-    return [attrs] if general == attrs else [attrs, general]
+    if general == attrs and not ones:
+        return [(signature, constexprs, attrs)]
+    plain_sig = {n: ("i32" if n in ones else t) for n, t in signature.items()}
+    plain_const = {n: v for n, v in constexprs.items() if n not in ones}
+    return [(signature, constexprs, attrs), (plain_sig, plain_const, general)]
 
 
 _PTXAS_RE = {
@@ -161,7 +173,8 @@ def _compile(job):
     fn = getattr(module, name)
     res = {"family": family, "kernel": name, "signature": signature,
            "constexprs": {k: str(v) for k, v in constexprs.items()}, "options": options,
-           "divisible_by_16": [list(signature)[i[0]] for i in attrs if signature[list(signature)[i[0]]][0] != "*"]}
+           "divisible_by_16": [list(signature)[i[0]] for i in attrs if signature[list(signature)[i[0]]][0] != "*"],
+           "ones": [n for n, p in zip(fn.arg_names, fn.params) if not p.is_constexpr and n in constexprs]}
     start = time.perf_counter()
     try:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
@@ -207,9 +220,9 @@ def main(argv=None):
             for name, fn, grid, a, kw in recorded:
                 signature, constexprs, attrs, options, floats = _describe(fn, a, kw)
                 keys = []
-                for variant in _variants(signature, attrs):
-                    key = _key(name, signature, constexprs, variant, options)
-                    jobs.setdefault(key, (family, name, signature, constexprs, variant, options))
+                for sig, const, variant in _variants(fn, signature, constexprs, attrs):
+                    key = _key(name, sig, const, variant, options)
+                    jobs.setdefault(key, (family, name, sig, const, variant, options))
                     keys.append(key)
                 entry["kernels"].append({"kernel": name, "grid": list(grid), "python_floats": floats, "keys": keys})
             launches.append(entry)
