@@ -56,13 +56,13 @@ def _probe(families: str) -> list[dict]:
 
 def _registers(compiled, kernel, sizes, **constexprs):
     """ptxas figures of the launch with these constexprs, compiled as Triton would specialise it at
-    the table's sizes ({argument: value} of N, M, C, CHUNKS): the size arguments divisible by 16 there
+    the table's sizes ({argument: value} of N, M, C, TILES, CHUNKS): the size arguments divisible by 16 there
     carry the divisibility attribute, those equal to 1 are constexprs, and the other variants compile
-    to other register counts. None when the probe compiled no such launch."""
+    to other register counts. None when the probe compiled no such launch (or it failed)."""
     divisible = {n for n, v in sizes.items() if v % 16 == 0}
     ones = {n for n, v in sizes.items() if v == 1}
     for c in compiled:
-        if (c["kernel"] == kernel and all(c["constexprs"].get(k) == str(v) for k, v in constexprs.items())
+        if ("error" not in c and c["kernel"] == kernel and all(c["constexprs"].get(k) == str(v) for k, v in constexprs.items())
                 and set(c.get("divisible_by_16", [])) & set(sizes) == divisible and set(c.get("ones", [])) & set(sizes) == ones):
             return c["registers"], c["shared"], c["options"].get("num_warps", 4)
     return None
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
             exps = (2 * D if backward else 1) * N * N * W
             kernel = "_pdcr_bwd_rows_kernel" if backward else "_pdcr_fwd_kernel"
             extra = {"INTRA": intra, "BLOCK_D": block_d} if backward else {}
-            sizes = dict(N=N, M=N, C=C, **({"CHUNKS": D} if backward else {}))
+            sizes = dict(N=N, M=N, C=C, TILES=-(-N // held), **({"CHUNKS": D} if backward else {}))
             found = _registers(compiled, kernel, sizes, BLOCK_N=held, BLOCK_M=swept, BLOCK_C=block_c,
                                INPUT_PRECISION=prec, W=W, K_UNROLL=K, **extra)
             rows.append(("pdcr", mode, prec, f"N={N}, C={C}, W={W}, K={K}",
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
             exps = (2 if backward else 1) * N * N * (1 if not backward else -(-C // cfg["BLOCK_D"]))
             kernel = "_cos_lse_bwd_kernel" if backward else "_cos_lse_fwd_kernel"
             extra = {"BLOCK_D": cfg["BLOCK_D"]} if backward else {}
-            sizes = dict(N=N, C=C, **({"CHUNKS": -(-C // cfg["BLOCK_D"])} if backward else {}))
+            sizes = dict(N=N, C=C, TILES=-(-N // cfg["BLOCK_M"]), **({"CHUNKS": -(-C // cfg["BLOCK_D"])} if backward else {}))
             found = _registers(compiled, kernel, sizes, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                                BLOCK_C=cfg["BLOCK_C"], INPUT_PRECISION=prec, **extra)
             # the SupCon epilogue: about 3 FP32 operations per exp (shift, select, sum)
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         "the matrix-product peak this schedule could reach. The backward recomputes the similarity "
         "(FlashAttention-2 style), once per output-channel chunk D (Triton). The Triton tf32/bf16 PDCR "
         "kernels hold 64-row tiles in 8 warps (wgmma; one block per SM at these registers) but at whole rows "
-        "(C ≤ 128) for the backward at W·(K + 1) > 15 and the intra-layer backward at W > 2, which take "
+        "(C ≤ 128) for the backward at W·(K + 1) > 15 and the intra-layer backward also at W > 2, which take "
         "16-row tiles (mma.sync; 64 rows spilled there); IEEE ones 16-32-row tiles in 4 warps (8 at C > 128). "
         "The SupCon backward sweeps 32 columns per 64-row tile. The model counts operations, not tile shape: what a larger tile buys in operand reuse and "
         "what one block per SM costs in latency hiding only a GPU run shows. The CUDA C++ rows (32×32 tiles "

@@ -486,8 +486,9 @@ def _queue_bwd_config(gpu: bool, C: int, dtype: torch.dtype = torch.float32) -> 
         return dict(BLOCK_Q=32, C_PAD=c_pad, num_warps=4, num_stages=1)
     if dtype == torch.float64:  # 8 warps spill below C_PAD = 256 in float64
         return dict(BLOCK_Q=max(8, 1024 // c_pad), C_PAD=c_pad, num_warps=8 if c_pad >= 256 else 4, num_stages=1)
+    # 8 warps spilled 8 B at C_PAD = 256 (Q and C no multiples of 16, sm_90); 4 were clean there
     return dict(BLOCK_Q=max(8, min(128, 4096 // c_pad)), C_PAD=c_pad,
-                num_warps=8 if c_pad >= 128 else 4, num_stages=1)
+                num_warps=8 if c_pad >= 128 and c_pad != 256 else 4, num_stages=1)
 
 
 def _mixed_config(gpu: bool, dtype: torch.dtype = torch.float32) -> dict:

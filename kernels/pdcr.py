@@ -68,8 +68,8 @@ GPU tile sizes (_launch_config) come from compiling every configuration for sm_9
 drops to 16-row tiles at whole rows when W·(K + 1) > 15, and the intra-layer backward when W > 2
 (they spill there); IEEE fp32 (FMA) keeps 16-32-row tiles. Triton specialises integer arguments
 equal to 1 (constexprs) and divisible by 16, and ptxas allots registers to the variants
-differently: the probe compiles every launch both as called and with neither specialisation
-(N, M, C multiples of 16 and not), with C = 120 for padded whole rows.
+differently: the probe compiles every launch as Triton would and again without the divisibility
+mark (N, M, C multiples of 16 and not), with C = 120 for padded whole rows.
 No GPU run has been made yet. Reference: affseg.reference.pdcr_loss_from_ratios.
 """
 from __future__ import annotations

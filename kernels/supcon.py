@@ -35,7 +35,7 @@ with operands rounded as tensor cores round them). The interpreter ignores "tf32
 NaN in a row's logits makes its lse NaN (an explicit flag, since tl.max's NaN handling is unspecified).
 GPU tile sizes come from compiling every configuration for sm_90 (tests/test_triton_sm90.py):
 ≤ 227 KB shared memory and no spills at every C ≤ 1024 and dtype, with N and C multiples of 16 and
-not (Triton compiles the two apart); the backward sweeps column tiles half as wide as its 64-row
+not, and one tile (TILES = 1) or many (Triton compiles each apart); the backward sweeps column tiles half as wide as its 64-row
 tiles (_launch_config). No GPU run has been made yet.
 Must match ``affseg.reference.soft_supcon_loss`` through ``affseg.soft_supcon_loss``.
 """
@@ -150,8 +150,8 @@ def _launch_config(N: int, C: int, dtype: torch.dtype, input_precision: str = "i
     if not gpu:
         return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_C=min(pow2, 512), BLOCK_D=min(pow2, 256),
                     num_warps=4, num_stages=1)
-    if dtype == torch.float64:
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
+    if dtype == torch.float64:  # the backward's 32 x 32 spilled 8 B at C ≤ 64 with N no multiple of 16
+        return dict(BLOCK_M=32, BLOCK_N=16 if backward else 32, BLOCK_C=min(pow2, 32), BLOCK_D=min(pow2, 64),
                     num_warps=4, num_stages=2)
     # The backward holds a BLOCK_M x BLOCK_D accumulator next to the s tile: with square tiles it
     # spilled 4-96 B once N or C was no multiple of 16 (ptxas -v, sm_90: ieee 64 x 64, tf32/bf16

@@ -55,9 +55,10 @@ def pdcr(mod, torch):
     meta = dict(device="meta")
     lim = mod.GPU_LIMITS  # what a compiled launch takes (float64 goes to CUDA C++ on a GPU)
 
-    def call(dtype, C, W, K, prec, swapped=False, fg_l1=False, exclude_self=True, B=2, sizes=((256, 256), (250, 250))):
-        """Each (N, M) of sizes: a multiple of 16 and not (the sampled point counts of real calls),
-        for Triton compiles the two apart (its divisibility specialisation)."""
+    def call(dtype, C, W, K, prec, swapped=False, fg_l1=False, exclude_self=True, B=2, sizes=((1024, 1024), (250, 250))):
+        """Each (N, M) of sizes: a multiple of 16 (with a tile count that is one too, as at the sizes
+        of benchmarks/roofline.py) and not (the sampled point counts of real calls), for Triton
+        compiles the two apart (its divisibility specialisation)."""
         for N, M in sizes:
             fa = torch.empty(B, N, C, dtype=dtype, **meta)
             fb = torch.empty(B, M, C, dtype=dtype, **meta)

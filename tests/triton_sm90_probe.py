@@ -5,8 +5,9 @@ be compiled). Each launcher of kernels/*.py is called on *meta* tensors with its
 for recorders, so the signature, constexprs, num_warps/num_stages and grid come from the launcher
 itself, not from a copy of its logic here. Every distinct launch is compiled once with
 triton.compile for GPUTarget("cuda", 90, 32) and its PTX run through Triton's bundled ptxas -v;
-where an integer argument was specialised (equal to 1, or divisible by 16, as Triton's launcher
-specialises them), once more without that specialisation (_variants).
+as Triton's launcher specialises it (integer arguments equal to 1 as constexprs, those divisible by
+16 marked so) and, where some were divisible, once more without that mark (_variants). Pointers are
+taken as 16-byte aligned, as torch allocations are (a view at an odd storage offset is not).
 Prints one JSON object: {"launches": [...], "compiled": [...]}.
 
 Usage: python tests/triton_sm90_probe.py [--families supcon,pdcr,...] [--jobs N]
@@ -104,7 +105,7 @@ def _describe(fn, args, kwargs):
                 constexprs[name] = 1
                 continue
             signature[name] = "i32" if -2**31 <= v < 2**31 else "i64"
-            if v % 16 == 0 and not p.do_not_specialize:
+            if v % 16 == 0 and not p.do_not_specialize and not p.do_not_specialize_on_alignment:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(v, float):
             signature[name] = "fp32"  # what the GPU launcher makes of a Python float
@@ -122,18 +123,17 @@ def _key(name, signature, constexprs, attrs, options):
     return json.dumps([name, signature, const, divisible, options], sort_keys=True, default=str)
 
 
-def _variants(fn, signature, constexprs, attrs):
+def _variants(signature, constexprs, attrs):
     """[(signature, constexprs, attrs)]: the launch as recorded and, where some integer argument was
-    specialised (equal to 1, or divisible by 16), the same launch with none of them so: what other
-    sizes, not multiples of 16, give (the cases need not list an odd size for every argument)."""
-    ones = [n for n, p in zip(fn.arg_names, fn.params) if not p.is_constexpr and signature[n] == "constexpr"]
+    divisible by 16, the same launch with none of them so: what other sizes, not multiples of 16,
+    give (the cases need not list an odd size for every argument). Arguments equal to 1 stay
+    constexprs in both: they are 1 by the launch's shape (one tile, one channel chunk, the depth of
+    a 2-D image), and the cases that make them larger compile that apart."""
     ints = {(i,) for i, t in enumerate(signature.values()) if t in ("i32", "i64")}
     general = {k: v for k, v in attrs.items() if k not in ints}
-    if general == attrs and not ones:
+    if general == attrs:
         return [(signature, constexprs, attrs)]
-    plain_sig = {n: ("i32" if n in ones else t) for n, t in signature.items()}
-    plain_const = {n: v for n, v in constexprs.items() if n not in ones}
-    return [(signature, constexprs, attrs), (plain_sig, plain_const, general)]
+    return [(signature, constexprs, attrs), (signature, constexprs, general)]
 
 
 _PTXAS_RE = {
@@ -220,7 +220,7 @@ def main(argv=None):
             for name, fn, grid, a, kw in recorded:
                 signature, constexprs, attrs, options, floats = _describe(fn, a, kw)
                 keys = []
-                for sig, const, variant in _variants(fn, signature, constexprs, attrs):
+                for sig, const, variant in _variants(signature, constexprs, attrs):
                     key = _key(name, sig, const, variant, options)
                     jobs.setdefault(key, (family, name, sig, const, variant, options))
                     keys.append(key)
