@@ -121,7 +121,7 @@ def _launch_config(num_classes: int, pixels_per_tile: int, block: int = 256) -> 
         # (fp64 in 4 warps); 64 x 16 in 4 warps was clean in every variant
         pixels = 16
     else:  # 4096-element tiles spill at K = 32 (fp64 worst)
-        pixels = max(32, min(block, max(32, 2048 // k_pow2), triton.next_power_of_2(pixels_per_tile)))
+        pixels = max(32, min(block, 2048 // k_pow2, triton.next_power_of_2(pixels_per_tile)))
     return dict(BLOCK=pixels, num_warps=8 if k_pow2 * pixels >= 2048 else 4)
 
 

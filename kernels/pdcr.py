@@ -408,11 +408,11 @@ def _launch_config(C, dtype, input_precision="ieee", gpu=True, W=1, K=1, fg_l1=F
         # intra kernel at whole rows keeps 64 rows only to TC_INTRA_MAX_WINDOWS (at W = 3, K = 4 and
         # W = 4, K = 2 it spilled 4-32 B with N no multiple of 16; no one tile was clean everywhere)
         terms = W * ((K - 1 if fg_l1 else K) + 1)
-        held = not whole or terms <= TC_BWD_WINDOW_TERMS
+        rows64 = not whole or terms <= TC_BWD_WINDOW_TERMS
         # the 16-row fallback: 4 warps spilled 4 B in the column kernel at W = 4, K = 8 (N no multiple
         # of 16), 8 warps were clean; the intra kernel's stays at 4 warps, clean there
-        bwd = (64, 16, 8) if held else (16, 16, 8)
-        intra = (64, 16, 8) if held and (not whole or W <= TC_INTRA_MAX_WINDOWS) else (16, 16, 4)
+        bwd = (64, 16, 8) if rows64 else (16, 16, 8)
+        intra = (64, 16, 8) if rows64 and (not whole or W <= TC_INTRA_MAX_WINDOWS) else (16, 16, 4)
         tiles = {"fwd": (64, 32, 8), "rows": bwd, "cols": bwd, "intra": intra}
         chunk = (pow2, pow2) if whole else (32, 64)
     if block is not None:

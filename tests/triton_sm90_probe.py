@@ -123,17 +123,15 @@ def _key(name, signature, constexprs, attrs, options):
     return json.dumps([name, signature, const, divisible, options], sort_keys=True, default=str)
 
 
-def _variants(signature, constexprs, attrs):
-    """[(signature, constexprs, attrs)]: the launch as recorded and, where some integer argument was
-    divisible by 16, the same launch with none of them so: what other sizes, not multiples of 16,
-    give (the cases need not list an odd size for every argument). Arguments equal to 1 stay
-    constexprs in both: they are 1 by the launch's shape (one tile, one channel chunk, the depth of
-    a 2-D image), and the cases that make them larger compile that apart."""
+def _variants(signature, attrs):
+    """The attrs of the launch as recorded and, where some integer argument was divisible by 16, of the
+    same launch with none of them so: what other sizes, not multiples of 16, give (the cases need not
+    list an odd size for every argument). Arguments equal to 1 stay constexprs in both: they are 1 by
+    the launch's shape (one tile, one channel chunk, the depth of a 2-D image), and the cases that
+    make them larger compile that apart."""
     ints = {(i,) for i, t in enumerate(signature.values()) if t in ("i32", "i64")}
     general = {k: v for k, v in attrs.items() if k not in ints}
-    if general == attrs:
-        return [(signature, constexprs, attrs)]
-    return [(signature, constexprs, attrs), (signature, constexprs, general)]
+    return [attrs] if general == attrs else [attrs, general]
 
 
 _PTXAS_RE = {
@@ -220,9 +218,9 @@ def main(argv=None):
             for name, fn, grid, a, kw in recorded:
                 signature, constexprs, attrs, options, floats = _describe(fn, a, kw)
                 keys = []
-                for sig, const, variant in _variants(signature, constexprs, attrs):
-                    key = _key(name, sig, const, variant, options)
-                    jobs.setdefault(key, (family, name, sig, const, variant, options))
+                for variant in _variants(signature, attrs):
+                    key = _key(name, signature, constexprs, variant, options)
+                    jobs.setdefault(key, (family, name, signature, constexprs, variant, options))
                     keys.append(key)
                 entry["kernels"].append({"kernel": name, "grid": list(grid), "python_floats": floats, "keys": keys})
             launches.append(entry)
